@@ -1,0 +1,86 @@
+"""SQLAlchemy models: the catalog tables and the durable job queue.
+
+Column names follow the original backend's schema so existing front ends and reports keep working;
+the queue columns (attempts, lease, progress) are additions, never renames.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JOB_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
+FINAL_STATUSES = ("completed", "failed", "canceled")
+CATALOG_STATUSES = ("active", "inactive")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FabricFamily(Base):
+    __tablename__ = "fabric_families"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    family_id: Mapped[str] = mapped_column(String, unique=True, nullable=False)
+    display_name: Mapped[str] = mapped_column(String, nullable=False)
+    collection: Mapped[str | None] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String, nullable=False, default="active", server_default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    colors: Mapped[list[Color]] = relationship(back_populates="family", order_by="Color.id")
+
+
+class Color(Base):
+    __tablename__ = "colors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fabric_family_id: Mapped[int] = mapped_column(ForeignKey("fabric_families.id"), nullable=False)
+    color_id: Mapped[str] = mapped_column(String, unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(String, nullable=False)
+    hex_value: Mapped[str] = mapped_column(String, nullable=False)
+    swatch_code: Mapped[str | None] = mapped_column(String)
+    swatch_url: Mapped[str | None] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String, nullable=False, default="active", server_default="active")
+
+    family: Mapped[FabricFamily] = relationship(back_populates="colors")
+
+
+class GenerationJob(Base):
+    __tablename__ = "generation_jobs"
+    __table_args__ = (
+        Index("ix_generation_jobs_pending", "next_attempt_at", "created_at", postgresql_where=text("status = 'pending'")),
+        Index("ix_generation_jobs_leases", "lease_expires_at", postgresql_where=text("status = 'processing'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String, unique=True, nullable=False)
+    status: Mapped[str] = mapped_column(String, nullable=False)
+    family_id: Mapped[str] = mapped_column(String, nullable=False)
+    color_id: Mapped[str] = mapped_column(String, nullable=False)
+    cuts: Mapped[list] = mapped_column(JSON, nullable=False)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    swatch_url: Mapped[str | None] = mapped_column(String)
+    result_urls: Mapped[list | None] = mapped_column(JSON)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    # Queue bookkeeping (not in the original schema).
+    swatch_key: Mapped[str | None] = mapped_column(String)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=3, server_default="3")
+    lease_owner: Mapped[str | None] = mapped_column(String)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    idempotency_key: Mapped[str | None] = mapped_column(String, unique=True)
+    cut_progress: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict, server_default="{}")
+    cancel_requested: Mapped[bool] = mapped_column(nullable=False, default=False, server_default="false")

@@ -1,0 +1,107 @@
+"""Building the SDXL Turbo + ControlNet + IP-Adapter pipeline for a model profile.
+
+Every profile ends in the same diffusers classes (`StableDiffusionXLControlNetPipeline` with an
+IP-Adapter loaded through `load_ip_adapter`), so the code that serves requests never branches on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+from transformers import CLIPVisionModelWithProjection
+
+from deployments.model_configs import build_random_components
+
+logger = logging.getLogger("sastre.models")
+
+PROFILES = ("pretrained", "tiny-random", "full-random", "auto")
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    """Where the `pretrained` profile finds its weights: hub ids or local directories."""
+
+    base: str = "stabilityai/sdxl-turbo"
+    controlnet: str = "diffusers/controlnet-canny-sdxl-1.0"
+    ip_adapter: str = "h94/IP-Adapter"
+    ip_adapter_subfolder: str = "sdxl_models"
+    ip_adapter_weight: str = "ip-adapter_sdxl_vit-h.safetensors"
+    image_encoder_subfolder: str = "models/image_encoder"
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    pipeline: StableDiffusionXLControlNetPipeline
+    requested_profile: str
+    profile: str
+    note: str | None = None  # set when `auto` had to fall back
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def load_pretrained(sources: ModelSources, dtype: torch.dtype, local_files_only: bool = False) -> StableDiffusionXLControlNetPipeline:
+    """Load published weights (hub ids or `save_pretrained` directories)."""
+    controlnet = ControlNetModel.from_pretrained(sources.controlnet, torch_dtype=dtype, local_files_only=local_files_only)
+    image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+        sources.ip_adapter, subfolder=sources.image_encoder_subfolder, torch_dtype=dtype,
+        local_files_only=local_files_only,
+    )
+    pipeline = StableDiffusionXLControlNetPipeline.from_pretrained(
+        sources.base, controlnet=controlnet, image_encoder=image_encoder, torch_dtype=dtype,
+        local_files_only=local_files_only,
+    )
+    pipeline.load_ip_adapter(
+        sources.ip_adapter, subfolder=sources.ip_adapter_subfolder, weight_name=sources.ip_adapter_weight,
+        image_encoder_folder=None, local_files_only=local_files_only,
+    )
+    return pipeline
+
+
+def build_random(profile: str, device: str, dtype: torch.dtype) -> StableDiffusionXLControlNetPipeline:
+    """Random weights of the tiny or the real architecture; built on `device` so full size is quick on a GPU."""
+    with torch.device(device):
+        components = build_random_components(profile)
+    ip_adapter = components.pop("ip_adapter_state_dict")
+    pipeline = StableDiffusionXLControlNetPipeline(**components)
+    pipeline.load_ip_adapter(ip_adapter, subfolder="", weight_name="random")
+    return pipeline if dtype == torch.float32 else pipeline.to(dtype=dtype)
+
+
+def load_pipeline(
+    profile: str,
+    sources: ModelSources = ModelSources(),
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> LoadedPipeline:
+    """Build the pipeline for `profile`; `auto` prefers local pretrained weights and says loudly when it can't."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown model profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    note = None
+    if profile == "pretrained":
+        pipeline, resolved = load_pretrained(sources, dtype), "pretrained"
+    elif profile == "auto":
+        try:
+            pipeline, resolved = load_pretrained(sources, dtype, local_files_only=True), "pretrained"
+        except (OSError, ValueError) as exc:
+            note = (
+                "MODEL PROFILE auto: pretrained weights not found locally "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                "serving the tiny-random profile: images are NOT real renders"
+            )
+            logger.warning(note)
+            pipeline, resolved = build_random("tiny-random", device, dtype), "tiny-random"
+    else:
+        pipeline, resolved = build_random(profile, device, dtype), profile
+    pipeline.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipeline.to(device), profile, resolved, note)

@@ -1,0 +1,230 @@
+"""The public HTTP API (FastAPI), served by the Ingress deployment.
+
+Routes are plain FastAPI functions that reach the service's parts through one dependency,
+`get_services`, so the same app runs under Ray Serve or plain uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated, Awaitable, Callable
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from catalog.data import CatalogData
+from catalog.loader import active_families, color_swatch_key, find_active_color
+from db import jobs
+from db.models import GenerationJob
+from deployments.storage import LocalStorage, Storage, StorageError
+from serve_app.schemas import (
+    CatalogOut,
+    ColorOut,
+    CutOut,
+    CutProgress,
+    ErrorBody,
+    FamilyOut,
+    GenerateAccepted,
+    GenerateRequest,
+    JobOut,
+)
+from serve_app.settings import Settings
+
+logger = logging.getLogger("sastre.api")
+
+UPLOAD_PREFIX = "temp-uploads/"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    storage: Storage
+    catalog: CatalogData
+    # name -> coroutine returning a description of that deployment's health (raises when unhealthy)
+    deployment_checks: dict[str, Callable[[], Awaitable[dict]]] = field(default_factory=dict)
+
+
+router = APIRouter()
+
+
+def create_app(services: Services) -> FastAPI:
+    """The FastAPI app for one process (an Ingress replica, or plain uvicorn in benchmarks)."""
+    api = FastAPI(
+        title="Sastre",
+        version="0.1.0",
+        description="Renders tailored suits from fabric swatches. Create a job with POST /generate, then poll "
+                    "GET /jobs/{job_id} (every ~2 s) until it is completed.",
+    )
+    api.state.services = services
+    api.include_router(router)
+    api.add_exception_handler(DBAPIError, database_unavailable)
+    api.add_middleware(
+        CORSMiddleware, allow_origins=services.settings.cors_origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_headers=["*"],
+    )
+    return api
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def database_unavailable(request: Request, exc: DBAPIError) -> JSONResponse:
+    """A lost database is the client's cue to retry, not a 500 with a traceback."""
+    logger.warning("database error on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+    return JSONResponse({"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "2"})
+
+
+def _errors(*codes: int) -> dict:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+@router.get("/catalog", response_model=CatalogOut, tags=["catalog"], responses=_errors(503))
+def get_catalog(services: ServicesDep) -> CatalogOut:
+    """Active fabric families with their active colors and swatch URLs, and the cuts on offer."""
+    with services.sessions() as session:
+        families = active_families(session)
+        out = [
+            FamilyOut(
+                family_id=family.family_id,
+                display_name=family.display_name,
+                colors=[
+                    ColorOut(color_id=c.color_id, name=c.name, hex_value=c.hex_value, swatch_code=c.swatch_code,
+                             swatch_url=_swatch_url(services.storage, family, c))
+                    for c in family.colors if c.status == "active"
+                ],
+            )
+            for family in families
+        ]
+    cuts = [CutOut(cut_id=c.cut_id, display_name=c.display_name) for c in services.catalog.cuts]
+    return CatalogOut(families=out, cuts=cuts)
+
+
+def _swatch_url(storage: Storage, family, color) -> str | None:
+    if color.swatch_url:
+        return color.swatch_url
+    key = color_swatch_key(family, color)
+    return storage.url_for(key) if key else None
+
+
+def _resolve_swatch(services: Services, url: str, collection: str | None) -> str:
+    """Map a client's swatch_url back to a key of ours, or refuse it. Nothing is ever fetched."""
+    key = services.storage.key_for_url(url)
+    allowed = key is not None and (key.startswith(UPLOAD_PREFIX) or (collection and key.startswith(collection + "/")))
+    if not allowed:
+        raise HTTPException(422, "swatch_url must be a swatch URL issued by this service (an upload or a catalog swatch)")
+    if not services.storage.exists(key):
+        raise HTTPException(422, "swatch_url refers to a swatch that does not exist or has expired")
+    return key
+
+
+@router.post("/generate", status_code=status.HTTP_202_ACCEPTED, response_model=GenerateAccepted, tags=["jobs"],
+          responses=_errors(422, 503))
+def create_generation(body: GenerateRequest, services: ServicesDep) -> GenerateAccepted:
+    """Validate against the catalog and queue one job; returns at once with the job id to poll."""
+    unknown = [cut for cut in body.cuts if services.catalog.cut(cut) is None]
+    if unknown:
+        known = ", ".join(c.cut_id for c in services.catalog.cuts)
+        raise HTTPException(422, f"unknown cut(s): {', '.join(unknown)}; known cuts: {known}")
+    with services.sessions.begin() as session:
+        family, color = find_active_color(session, body.family_id, body.color_id)
+        if family is None:
+            raise HTTPException(422, f"unknown or inactive fabric family: {body.family_id}")
+        if color is None:
+            raise HTTPException(422, f"unknown or inactive color {body.color_id} in family {body.family_id}")
+        if body.swatch_url:
+            swatch_key = _resolve_swatch(services, body.swatch_url, family.collection)
+        elif color.swatch_url:
+            swatch_key = services.storage.key_for_url(color.swatch_url)
+        else:
+            swatch_key = color_swatch_key(family, color)
+        seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
+        job = jobs.create_job(
+            session, family_id=family.family_id, color_id=color.color_id, cuts=body.cuts, seed=seed,
+            swatch_url=body.swatch_url, swatch_key=swatch_key, max_attempts=services.settings.job_max_attempts,
+        )
+    return GenerateAccepted(job_id=job.job_id, status=job.status, seed=seed, status_url=f"/jobs/{job.job_id}")
+
+
+def job_out(job: GenerationJob) -> JobOut:
+    seeds = [job.seed + index for index in range(len(job.cuts))] if job.seed is not None else []
+    progress = []
+    for index, cut in enumerate(job.cuts):
+        entry = job.cut_progress.get(cut, {})
+        progress.append(CutProgress(cut=cut, status=entry.get("status", "pending"),
+                                    seed=entry.get("seed", seeds[index] if seeds else 0), url=entry.get("url"),
+                                    ip_adapter_fallback=entry.get("ip_adapter_fallback")))
+    return JobOut(
+        job_id=job.job_id, status=job.status, family_id=job.family_id, color_id=job.color_id, cuts=job.cuts,
+        seed=job.seed, seeds=seeds, swatch_url=job.swatch_url, result_urls=job.result_urls, progress=progress,
+        error_message=job.error_message, attempts=job.attempts, created_at=job.created_at,
+        updated_at=job.updated_at, started_at=job.started_at, completed_at=job.completed_at,
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_errors(404, 503))
+def get_job(job_id: str, services: ServicesDep) -> JobOut:
+    """One job by its id: status, per-cut progress, seeds and, once completed, one URL per cut in order."""
+    with services.sessions() as session:
+        job = jobs.get_job(session, job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job_out(job)
+
+
+@router.get("/media/{key:path}", tags=["media"], responses=_errors(404))
+def get_media(key: str, services: ServicesDep) -> FileResponse:
+    """Objects of the local storage backend (generated renders, swatches)."""
+    storage = services.storage
+    if not isinstance(storage, LocalStorage):
+        raise HTTPException(404, "media is served by the object store")
+    try:
+        path = storage.path_for(key)
+    except StorageError:
+        raise HTTPException(404, "not found") from None
+    if not path.is_file():
+        raise HTTPException(404, "not found")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=300"})
+
+
+@router.get("/health", tags=["ops"], responses={503: {"description": "a dependency is down"}})
+async def health(services: ServicesDep) -> JSONResponse:
+    """Database, storage and each deployment; 503 when any of them is down."""
+    report: dict = {}
+
+    def check_database() -> None:
+        with services.sessions() as session:
+            session.execute(text("SELECT 1"))
+
+    for name, check in (("database", check_database), ("storage", services.storage.check)):
+        try:
+            await asyncio.to_thread(check)
+            report[name] = {"ok": True}
+        except Exception as exc:
+            report[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    deployments = {}
+    for name, check in services.deployment_checks.items():
+        try:
+            deployments[name] = {"ok": True, **(await asyncio.wait_for(check(), timeout=10))}
+        except Exception as exc:
+            deployments[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    report["deployments"] = deployments
+    model = deployments.get("SdxlTurboGenerator", {})
+    warnings = [model["note"]] if model.get("note") else []
+    healthy = report["database"]["ok"] and report["storage"]["ok"] and all(d["ok"] for d in deployments.values())
+    body = {"status": "ok" if healthy else "unavailable", "model_profile": model.get("profile"),
+            "warnings": warnings, **report}
+    return JSONResponse(body, status_code=200 if healthy else 503)

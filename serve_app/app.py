@@ -1,0 +1,33 @@
+"""The application builder named by the Serve configs (`import_path: serve_app.app:build_app`).
+
+It runs once in the driver: reads settings (environment, `.env`, then `args` from the config file),
+prepares the database and catalog, and binds the deployment graph with the resolved values so every
+replica, wherever it is scheduled, sees the same configuration.
+"""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from deployments.serving import ControlNetPreprocessor, ImageFinisher, SdxlTurboGenerator
+from serve_app.bootstrap import prepare
+from serve_app.deployments import Ingress, JobRunnerDeployment
+from serve_app.settings import Settings
+
+
+def build_app(args: dict | None = None) -> Application:
+    settings = Settings(**(args or {}))
+    database_url = prepare(settings)
+    resolved = settings.model_dump(mode="json", exclude={"database_url"})
+    resolved["data_dir"] = str(settings.data_dir.resolve())
+    storage = settings.storage_config()
+
+    preprocessor = ControlNetPreprocessor.bind()
+    generator = SdxlTurboGenerator.bind(
+        settings.model_profile, storage,
+        {"base": settings.base_model, "controlnet": settings.controlnet_model, "ip_adapter": settings.ip_adapter_model},
+        settings.num_inference_steps,
+    )
+    finisher = ImageFinisher.bind(storage, settings.watermark_text)
+    runner = JobRunnerDeployment.bind(resolved, database_url, preprocessor, generator, finisher)
+    return Ingress.bind(resolved, database_url, runner, preprocessor, generator, finisher)

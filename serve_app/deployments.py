@@ -1,0 +1,90 @@
+"""Thin Ray Serve wrappers for the ingress and the job runner (the logic is in api.py and runner.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from catalog.data import load_catalog
+from db.engine import make_engine, make_sessionmaker
+from deployments.storage import open_storage
+from fastapi import FastAPI
+
+from serve_app.api import Services, create_app
+from serve_app.renderers import ServeCutRenderer
+from serve_app.runner import JobRunner
+from serve_app.settings import Settings
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=200,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 50},
+)
+@serve.ingress()
+class Ingress:
+    def __init__(self, settings: dict, database_url: str, runner: DeploymentHandle, preprocessor: DeploymentHandle,
+                 generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
+        config = Settings(**settings)
+        handles = {"JobRunner": runner, "ControlNetPreprocessor": preprocessor, "SdxlTurboGenerator": generator,
+                   "Finisher": finisher}
+        # What each deployment reports beyond passing its own check_health.
+        details = {"JobRunner": "status", "SdxlTurboGenerator": "describe"}
+
+        def checker(name: str, handle: DeploymentHandle):
+            async def check() -> dict:
+                await handle.check_health.remote()
+                method = details.get(name)
+                return await getattr(handle, method).remote() if method else {}
+            return check
+
+        self.services = Services(
+            settings=config,
+            sessions=make_sessionmaker(make_engine(database_url)),
+            storage=open_storage(config.storage_config()),
+            catalog=load_catalog(),
+            deployment_checks={name: checker(name, handle) for name, handle in handles.items()},
+        )
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve calls this after __init__: the app is built with this replica's services."""
+        return create_app(self.services)
+
+
+@serve.deployment(
+    name="JobRunner",
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=8,
+    num_replicas=1,
+)
+class JobRunnerDeployment:
+    """Runs the claim loop in the replica's event loop from construction until shutdown.
+
+    More replicas are safe (claims use SKIP LOCKED); one keeps a small machine's CPU for the workers.
+    """
+
+    def __init__(self, settings: dict, database_url: str, preprocessor: DeploymentHandle,
+                 generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
+        config = Settings(**settings)
+        renderer = ServeCutRenderer(preprocessor, generator, finisher, config.control_detector, config.image_size)
+        self.runner = JobRunner(
+            make_sessionmaker(make_engine(database_url)), database_url, load_catalog(), renderer,
+            concurrency=config.runner_concurrency, lease_seconds=config.lease_seconds,
+            poll_seconds=config.poll_seconds,
+        )
+        self.task = asyncio.get_running_loop().create_task(self.runner.run_forever())
+
+    def status(self) -> dict:
+        return {"owner": self.runner.owner, "active_jobs": sorted(self.runner.active)}
+
+    def check_health(self) -> None:
+        if self.task.done():
+            raise RuntimeError(f"runner loop stopped: {self.task.exception()!r}")
+
+    async def __del__(self) -> None:
+        self.runner.stop()

@@ -1,0 +1,218 @@
+"""The JobRunner: turns pending rows into finished images, durably.
+
+It claims rows with `FOR UPDATE SKIP LOCKED` under a lease, renews the lease while it works, fans a
+job's cuts out concurrently to the worker deployments, and writes each cut's progress as it lands.
+A NOTIFY wakes it at once; a poll every `poll_seconds` is the fallback, and the same tick runs the
+rescuer that re-queues jobs whose runner died. The runner never holds more than `concurrency` jobs,
+so a burst of POSTs waits in Postgres instead of piling onto the GPUs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+import psycopg
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from catalog.data import CatalogData
+from catalog.prompts import build_prompt
+from db import jobs
+from db.models import Color, FabricFamily, GenerationJob
+
+logger = logging.getLogger("sastre.runner")
+
+
+@dataclass(frozen=True)
+class CutTask:
+    """Everything the workers need for one cut: small values and storage keys only."""
+
+    job_id: str
+    cut: str
+    prompt: str
+    template_png: bytes
+    swatch_key: str | None
+    seed: int
+    result_key: str
+
+
+class CutRenderer(Protocol):
+    async def render(self, task: CutTask) -> dict:
+        """Produce, watermark and store one cut; returns {url, key, seed, ip_adapter_fallback}."""
+
+
+def result_key(job: GenerationJob, cut: str) -> str:
+    """`generated/{family}/{color}/{run_id}/{cut}.jpg`; run_id is the job id, so a retry overwrites."""
+    return f"generated/{job.family_id}/{job.color_id}/{job.job_id}/{cut}.jpg"
+
+
+def libpq_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        database_url: str,
+        catalog: CatalogData,
+        renderer: CutRenderer,
+        *,
+        concurrency: int = 16,
+        lease_seconds: float = 30.0,
+        poll_seconds: float = 2.0,
+    ) -> None:
+        self.sessions = sessions
+        self.database_url = libpq_url(database_url)
+        self.catalog = catalog
+        self.renderer = renderer
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.active: dict[str, asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def run_forever(self) -> None:
+        listener = asyncio.create_task(self._listen())
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while not self._stopping:
+                try:
+                    await asyncio.to_thread(self._rescue)
+                    await self.claim_and_start()
+                except Exception:  # the database may be briefly away; the loop must outlive it
+                    logger.exception("runner tick failed; retrying after the poll interval")
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+        finally:
+            listener.cancel()
+            heartbeat.cancel()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def claim_and_start(self) -> list[str]:
+        capacity = self.concurrency - len(self.active)
+        if capacity <= 0:
+            return []
+        claimed = await asyncio.to_thread(self._claim, capacity)
+        for job_id in claimed:
+            task = asyncio.create_task(self.process(job_id))
+            self.active[job_id] = task
+            task.add_done_callback(lambda _t, j=job_id: self._finished(j))
+        return claimed
+
+    def _finished(self, job_id: str) -> None:
+        self.active.pop(job_id, None)
+        self._wake.set()  # capacity freed: look for more work now
+
+    def _claim(self, limit: int) -> list[str]:
+        with self.sessions.begin() as session:
+            return [job.job_id for job in jobs.claim_jobs(session, self.owner, limit, self.lease_seconds)]
+
+    def _rescue(self) -> None:
+        with self.sessions.begin() as session:
+            for job_id, status in jobs.release_expired_leases(session):
+                logger.warning("job %s lost its runner's lease; now %s", job_id, status)
+
+    async def _listen(self) -> None:
+        """LISTEN for new-job notifications; reconnects forever, the poll covers the gaps."""
+        while not self._stopping:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {jobs.NOTIFY_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("LISTEN connection lost (%s); polling until it is back", exc)
+                await asyncio.sleep(self.poll_seconds)
+
+    async def _heartbeat(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                held = await asyncio.to_thread(self._renew, list(self.active))
+            except Exception as exc:
+                logger.warning("lease renewal failed: %s", exc)
+                continue
+            for job_id in set(self.active) - held:
+                logger.warning("job %s: lease lost to another runner; abandoning it", job_id)
+                self.active[job_id].cancel()
+
+    def _renew(self, job_ids: list[str]) -> set[str]:
+        with self.sessions.begin() as session:
+            return jobs.renew_leases(session, self.owner, job_ids, self.lease_seconds)
+
+    # -- one job -----------------------------------------------------------------------------------
+    def _plan(self, job_id: str) -> list[CutTask]:
+        with self.sessions.begin() as session:
+            job = jobs.get_job(session, job_id)
+            family = session.scalars(select(FabricFamily).where(FabricFamily.family_id == job.family_id)).one_or_none()
+            color = session.scalars(select(Color).where(Color.color_id == job.color_id)).one_or_none()
+            if family is None or color is None:
+                raise LookupError(f"fabric {job.family_id}/{job.color_id} is no longer in the catalog")
+            family_spec = self.catalog.family(family.family_id)
+            color_spec = next((c for c in family_spec.colors if c.color_id == color.color_id), None) if family_spec else None
+            fabric = family_spec.fabric if family_spec else family.display_name
+            color_words = color_spec.english if color_spec else color.name
+            tasks = []
+            for index, cut in enumerate(job.cuts):
+                spec = self.catalog.cut(cut)
+                if spec is None:
+                    raise LookupError(f"cut {cut!r} is no longer in the catalog")
+                tasks.append(CutTask(
+                    job_id=job.job_id, cut=cut, prompt=build_prompt(spec.prompt, fabric, color_words),
+                    template_png=spec.template_png(), swatch_key=job.swatch_key, seed=job.seed + index,
+                    result_key=result_key(job, cut),
+                ))
+            return tasks
+
+    def _record(self, job_id: str, cut: str, entry: dict) -> None:
+        with self.sessions.begin() as session:
+            jobs.record_cut(session, job_id, self.owner, cut, entry)
+
+    async def process(self, job_id: str) -> None:
+        try:
+            tasks = await asyncio.to_thread(self._plan, job_id)
+            results = await asyncio.gather(*(self._run_cut(task) for task in tasks))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("job %s failed", job_id)
+            await asyncio.to_thread(self._fail, job_id, f"{type(exc).__name__}: {exc}")
+            return
+        await asyncio.to_thread(self._complete, job_id, [r["url"] for r in results])
+        logger.info("job %s completed (%d cuts)", job_id, len(results))
+
+    async def _run_cut(self, task: CutTask) -> dict:
+        await asyncio.to_thread(self._record, task.job_id, task.cut, {"status": "processing", "seed": task.seed})
+        result = await self.renderer.render(task)
+        entry = {"status": "completed", "seed": task.seed, "url": result["url"],
+                 "ip_adapter_fallback": result["ip_adapter_fallback"],
+                 "finished_at": datetime.now(timezone.utc).isoformat()}
+        await asyncio.to_thread(self._record, task.job_id, task.cut, entry)
+        return result
+
+    def _complete(self, job_id: str, urls: list[str]) -> None:
+        with self.sessions.begin() as session:
+            jobs.complete_job(session, job_id, self.owner, urls)
+
+    def _fail(self, job_id: str, error: str) -> None:
+        with self.sessions.begin() as session:
+            jobs.fail_job(session, job_id, self.owner, error)

@@ -1,0 +1,87 @@
+"""Request and response bodies of the public API (field names kept from the original backend)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class ErrorBody(BaseModel):
+    detail: str | list = Field(description="what was wrong, readable by a person")
+
+
+class ColorOut(BaseModel):
+    color_id: str
+    name: str
+    hex_value: str
+    swatch_code: str | None
+    swatch_url: str | None
+
+
+class FamilyOut(BaseModel):
+    family_id: str
+    display_name: str
+    colors: list[ColorOut]
+
+
+class CutOut(BaseModel):
+    cut_id: str
+    display_name: str
+
+
+class CatalogOut(BaseModel):
+    families: list[FamilyOut]
+    cuts: list[CutOut]
+
+
+class GenerateRequest(BaseModel):
+    family_id: str = Field(min_length=1, max_length=100, examples=["lana-fria"])
+    color_id: str = Field(min_length=1, max_length=100, examples=["lana-fria-azul-marino"])
+    cuts: list[str] = Field(min_length=1, max_length=16, examples=[["recto", "cruzado"]])
+    swatch_url: str | None = Field(default=None, max_length=2048,
+                                   description="a URL this service issued (catalog or uploaded swatch)")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1 - 16,
+                             description="seed of the first cut; cut i uses seed + i")
+
+    @field_validator("cuts")
+    @classmethod
+    def no_repeats(cls, cuts: list[str]) -> list[str]:
+        repeated = sorted({c for c in cuts if cuts.count(c) > 1})
+        if repeated:
+            raise ValueError(f"repeated cuts: {', '.join(repeated)}")
+        return cuts
+
+
+class GenerateAccepted(BaseModel):
+    job_id: str
+    status: str
+    seed: int
+    status_url: str
+
+
+class CutProgress(BaseModel):
+    cut: str
+    status: str
+    seed: int
+    url: str | None = None
+    ip_adapter_fallback: bool | None = None
+
+
+class JobOut(BaseModel):
+    job_id: str
+    status: str
+    family_id: str
+    color_id: str
+    cuts: list[str]
+    seed: int | None
+    seeds: list[int]
+    swatch_url: str | None
+    result_urls: list[str] | None
+    progress: list[CutProgress]
+    error_message: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
