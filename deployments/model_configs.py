@@ -145,15 +145,17 @@ def _text_config(widths: dict, vocab_size: int) -> CLIPTextConfig:
                           max_position_embeddings=77, layer_norm_eps=1e-5, **widths)
 
 
-def build_random_components(profile: str, seed: int = 0) -> dict:
+def build_random_components(profile: str, seed: int = 0, device: str | torch.device = "cpu") -> dict:
     """Build every pipeline component with random weights, deterministically from `seed`.
 
     The same seed gives bit-identical weights in every process, so replicas of the generator agree.
+    Modules are created directly on `device` (fast for the full size on a GPU; "meta" to count
+    parameters without allocating them).
     """
     spec = SPECS[profile]
     tokenizer = byte_level_tokenizer()
     vocab = max(len(tokenizer), 49408 if profile == "full-random" else len(tokenizer))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(in_channels=4, out_channels=4, **spec.unet)
         controlnet = ControlNetModel.from_unet(

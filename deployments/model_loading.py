@@ -50,13 +50,13 @@ def default_dtype(device: str) -> torch.dtype:
 
 def load_pretrained(sources: ModelSources, dtype: torch.dtype, local_files_only: bool = False) -> StableDiffusionXLControlNetPipeline:
     """Load published weights (hub ids or `save_pretrained` directories)."""
-    controlnet = ControlNetModel.from_pretrained(sources.controlnet, torch_dtype=dtype, local_files_only=local_files_only)
+    controlnet = ControlNetModel.from_pretrained(sources.controlnet, dtype=dtype, local_files_only=local_files_only)
     image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-        sources.ip_adapter, subfolder=sources.image_encoder_subfolder, torch_dtype=dtype,
+        sources.ip_adapter, subfolder=sources.image_encoder_subfolder, dtype=dtype,
         local_files_only=local_files_only,
     )
     pipeline = StableDiffusionXLControlNetPipeline.from_pretrained(
-        sources.base, controlnet=controlnet, image_encoder=image_encoder, torch_dtype=dtype,
+        sources.base, controlnet=controlnet, image_encoder=image_encoder, dtype=dtype,
         local_files_only=local_files_only,
     )
     pipeline.load_ip_adapter(
@@ -68,8 +68,7 @@ def load_pretrained(sources: ModelSources, dtype: torch.dtype, local_files_only:
 
 def build_random(profile: str, device: str, dtype: torch.dtype) -> StableDiffusionXLControlNetPipeline:
     """Random weights of the tiny or the real architecture; built on `device` so full size is quick on a GPU."""
-    with torch.device(device):
-        components = build_random_components(profile)
+    components = build_random_components(profile, device=device)
     ip_adapter = components.pop("ip_adapter_state_dict")
     pipeline = StableDiffusionXLControlNetPipeline(**components)
     pipeline.load_ip_adapter(ip_adapter, subfolder="", weight_name="random")

@@ -19,14 +19,14 @@ from serve_app.settings import Settings
 LOCAL_CONFIG = Path(__file__).with_name("serve_config.local.yaml")
 
 
-def run(config: Path) -> None:
+def run(config: Path, dashboard: bool = True) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray.serve.scripts import cli as serve_cli
 
     # SIGTERM gets the same clean shutdown as Ctrl-C (Serve, then the local Ray instance).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
              namespace="serve")
     serve_cli.main(["run", str(config)], prog_name="serve")
 
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("prepare", help="migrate the database and load the sample catalog")
     run_parser = sub.add_parser("run", help="prepare, then serve the application locally")
     run_parser.add_argument("--config", type=Path, default=LOCAL_CONFIG)
+    run_parser.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                            help="skip the Ray dashboard (tests; a second local instance)")
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"database ready: {url if settings.database_url else 'embedded PostgreSQL under ' + str(settings.data_dir)}")
     elif args.command == "run":
         prepare(settings)
-        run(args.config)
+        run(args.config, args.dashboard)
     elif args.command == "stop-db":
         stop_database(settings)
 

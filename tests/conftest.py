@@ -1,0 +1,77 @@
+"""Shared fixtures: a real PostgreSQL database for the whole session, migrated with Alembic.
+
+`SASTRE_TEST_DATABASE_URL` points at an existing server (a fresh database is created in it);
+without it an embedded PostgreSQL (pgserver) starts in a temporary directory, so a bare machine works.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Tests never reach a model hub: everything they load is built or saved locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import make_engine, make_sessionmaker
+from db.migrate import upgrade
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    base = base.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("SASTRE_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A new, migrated database for this test session, dropped at the end."""
+    name = f"sastre_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(server_url, name)
+    upgrade(url)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str):
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine) -> Iterator[sessionmaker[Session]]:
+    """A session factory over a clean schema (tables emptied before each test)."""
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE generation_jobs, colors, fabric_families RESTART IDENTITY CASCADE"))
+    yield make_sessionmaker(engine)
+
+
+@pytest.fixture(scope="session")
+def storage_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("storage")

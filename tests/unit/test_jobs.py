@@ -1,0 +1,142 @@
+"""Job-queue operations against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import text, update
+
+from db import jobs
+from db.models import GenerationJob
+
+
+def _create(sessions, n: int = 1, cuts=("recto", "cruzado")) -> list[str]:
+    ids = []
+    with sessions.begin() as s:
+        for i in range(n):
+            job = jobs.create_job(s, family_id="f", color_id="c", cuts=list(cuts), seed=100 + i,
+                                  swatch_url=None, swatch_key="k.png")
+            ids.append(job.job_id)
+    return ids
+
+
+def test_create_inserts_pending_row_with_per_cut_seeds(sessions):
+    [job_id] = _create(sessions)
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    assert job.status == "pending"
+    assert job.cuts == ["recto", "cruzado"]
+    assert job.cut_progress == {"recto": {"status": "pending", "seed": 100}, "cruzado": {"status": "pending", "seed": 101}}
+    assert job.attempts == 0 and job.lease_owner is None
+
+
+def test_create_sends_notify(sessions, database_url):
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {jobs.NOTIFY_CHANNEL}")
+        [job_id] = _create(sessions)
+        notes = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.payload for n in notes] == [job_id]
+
+
+def test_claim_takes_oldest_first_and_sets_lease(sessions):
+    ids = _create(sessions, 3)
+    with sessions.begin() as s:
+        claimed = jobs.claim_jobs(s, "runner-a", 2, lease_seconds=30)
+    assert [j.job_id for j in claimed] == ids[:2]
+    with sessions() as s:
+        job = jobs.get_job(s, ids[0])
+        lease_left = s.scalar(text("SELECT extract(epoch FROM lease_expires_at - now()) FROM generation_jobs WHERE job_id = :j"), {"j": ids[0]})
+    assert job.status == "processing" and job.attempts == 1 and job.lease_owner == "runner-a"
+    assert job.started_at is not None
+    assert 25 < lease_left <= 30
+
+
+def test_concurrent_claims_never_share_a_row(sessions):
+    ids = set(_create(sessions, 40))
+    results: dict[str, list[str]] = {}
+    barrier = threading.Barrier(4)
+
+    def claimer(name: str) -> None:
+        got: list[str] = []
+        barrier.wait()
+        while True:
+            with sessions.begin() as s:
+                batch = jobs.claim_jobs(s, name, 3, 30)
+            if not batch:
+                break
+            got += [j.job_id for j in batch]
+        results[name] = got
+
+    threads = [threading.Thread(target=claimer, args=(f"r{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [j for got in results.values() for j in got]
+    assert len(claimed) == len(set(claimed)) == 40
+    assert set(claimed) == ids
+
+
+def test_record_cut_updates_one_entry_and_is_fenced_by_owner(sessions):
+    [job_id] = _create(sessions)
+    with sessions.begin() as s:
+        jobs.claim_jobs(s, "owner", 1, 30)
+    with sessions.begin() as s:
+        assert jobs.record_cut(s, job_id, "owner", "recto", {"status": "completed", "url": "u1", "seed": 100})
+        assert not jobs.record_cut(s, job_id, "intruder", "cruzado", {"status": "completed"})
+    with sessions() as s:
+        progress = jobs.get_job(s, job_id).cut_progress
+    assert progress["recto"] == {"status": "completed", "url": "u1", "seed": 100}
+    assert progress["cruzado"] == {"status": "pending", "seed": 101}
+
+
+def test_complete_and_fail(sessions):
+    a, b = _create(sessions, 2)
+    with sessions.begin() as s:
+        jobs.claim_jobs(s, "o", 2, 30)
+    with sessions.begin() as s:
+        assert not jobs.complete_job(s, a, "someone-else", ["x"])
+        assert jobs.complete_job(s, a, "o", ["u1", "u2"])
+        assert jobs.fail_job(s, b, "o", "boom")
+    with sessions() as s:
+        done, failed = jobs.get_job(s, a), jobs.get_job(s, b)
+    assert (done.status, done.result_urls, done.lease_owner) == ("completed", ["u1", "u2"], None)
+    assert done.completed_at is not None
+    assert (failed.status, failed.error_message) == ("failed", "boom")
+
+
+def test_expired_lease_goes_back_to_pending_then_fails_when_attempts_spent(sessions):
+    a, b = _create(sessions, 2)
+    with sessions.begin() as s:
+        jobs.claim_jobs(s, "dead-runner", 2, 30)
+        # Only `a` has an expired lease; `b`'s runner is alive.
+        s.execute(update(GenerationJob).where(GenerationJob.job_id == a)
+                  .values(lease_expires_at=text("now() - interval '1 second'")))
+    with sessions.begin() as s:
+        moved = jobs.release_expired_leases(s, backoff_seconds=0)
+    assert moved == [(a, "pending")]
+    with sessions() as s:
+        assert jobs.get_job(s, a).lease_owner is None
+        assert jobs.get_job(s, b).status == "processing"
+
+    with sessions.begin() as s:
+        s.execute(update(GenerationJob).where(GenerationJob.job_id == a).values(attempts=3, status="processing",
+                  lease_owner="x", lease_expires_at=text("now() - interval '1 second'")))
+    with sessions.begin() as s:
+        assert jobs.release_expired_leases(s) == [(a, "failed")]
+    with sessions() as s:
+        assert "attempts exhausted" in jobs.get_job(s, a).error_message
+
+
+def test_renew_keeps_only_owned_leases(sessions):
+    a, b = _create(sessions, 2)
+    with sessions.begin() as s:
+        jobs.claim_jobs(s, "me", 1, 1)
+        jobs.claim_jobs(s, "other", 1, 1)
+    with sessions.begin() as s:
+        assert jobs.renew_leases(s, "me", [a, b], 60) == {a}
+    with sessions() as s:
+        left = s.scalar(text("SELECT extract(epoch FROM lease_expires_at - now()) FROM generation_jobs WHERE job_id = :j"), {"j": a})
+    assert left > 50

@@ -1,0 +1,78 @@
+"""The `pretrained` loading path, offline, from directories written with save_pretrained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from catalog.data import load_catalog
+from catalog.swatches import render_swatch
+from deployments.generation import CutRequest, SdxlTurboModel
+from deployments.model_configs import build_random_components
+from deployments.model_loading import ModelSources, load_pipeline
+from deployments.preprocessing import ControlMapper
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> ModelSources:
+    """Tiny weights laid out like the three hub repositories the production profile uses."""
+    from diffusers import StableDiffusionXLControlNetPipeline
+
+    root: Path = tmp_path_factory.mktemp("weights")
+    components = build_random_components("tiny-random")
+    ip_adapter = components.pop("ip_adapter_state_dict")
+    StableDiffusionXLControlNetPipeline(**components).save_pretrained(root / "sdxl-turbo")
+    components["controlnet"].save_pretrained(root / "controlnet-canny")
+    components["image_encoder"].save_pretrained(root / "ip-adapter" / "models" / "image_encoder")
+    (root / "ip-adapter" / "sdxl_models").mkdir(parents=True)
+    flat = {f"{part}.{name}": tensor.contiguous() for part, tensors in ip_adapter.items() for name, tensor in tensors.items()}
+    save_file(flat, root / "ip-adapter" / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors")
+    return ModelSources(base=str(root / "sdxl-turbo"), controlnet=str(root / "controlnet-canny"),
+                        ip_adapter=str(root / "ip-adapter"))
+
+
+def _image(model: SdxlTurboModel) -> np.ndarray:
+    control = ControlMapper().control_map(load_catalog().cut("recto").template_png(), "recto", "canny", 64)
+    return model.generate([CutRequest("navy suit", control, render_swatch("#1F2A44", "x"), 3)])[0].pixels
+
+
+def test_pretrained_loads_offline_and_matches_the_same_weights_in_memory(checkpoint):
+    loaded = load_pipeline("pretrained", checkpoint, device="cpu")
+    assert (loaded.profile, loaded.note) == ("pretrained", None)
+    assert loaded.pipeline.unet.encoder_hid_proj is not None
+    from_disk = _image(SdxlTurboModel(loaded))
+    in_memory = _image(SdxlTurboModel(load_pipeline("tiny-random", device="cpu")))
+    assert np.array_equal(from_disk, in_memory)
+
+
+def test_auto_prefers_local_weights_and_falls_back_loudly(checkpoint, tmp_path, caplog):
+    assert load_pipeline("auto", checkpoint, device="cpu").profile == "pretrained"
+    missing = ModelSources(base=str(tmp_path / "nope"), controlnet=str(tmp_path / "nope"), ip_adapter=str(tmp_path / "nope"))
+    with caplog.at_level("WARNING", logger="sastre.models"):
+        loaded = load_pipeline("auto", missing, device="cpu")
+    assert loaded.profile == "tiny-random" and "NOT real renders" in loaded.note
+    assert "NOT real renders" in caplog.text
+
+
+def test_unknown_profile_is_refused():
+    with pytest.raises(ValueError, match="unknown model profile"):
+        load_pipeline("huge", device="cpu")
+
+
+def test_full_random_has_the_published_sdxl_shapes():
+    """Counted on the meta device: no memory is allocated for the 5 billion parameters."""
+    components = build_random_components("full-random", device="meta")
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    assert count(components["unet"]) == 2_567_463_684  # SDXL UNet
+    assert count(components["vae"]) == 83_653_863
+    assert count(components["text_encoder"]) == 123_060_480  # CLIP ViT-L/14 text
+    assert count(components["text_encoder_2"]) == 694_659_840  # OpenCLIP bigG text
+    assert count(components["image_encoder"]) == 632_076_800  # IP-Adapter's ViT-H/14
+    assert 1.2e9 < count(components["controlnet"]) < 1.3e9
