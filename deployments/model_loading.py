@@ -88,10 +88,11 @@ def load_pipeline(
     dtype = dtype or default_dtype(device)
     note = None
     if profile == "pretrained":
-        pipeline, resolved = load_pretrained(sources, dtype), "pretrained"
+        pipeline, resolved = load_pretrained(sources, dtype).to(device), "pretrained"
     elif profile == "auto":
         try:
-            pipeline, resolved = load_pretrained(sources, dtype, local_files_only=True), "pretrained"
+            pipeline = load_pretrained(sources, dtype, local_files_only=True).to(device)
+            resolved = "pretrained"
         except (OSError, ValueError) as exc:
             note = (
                 "MODEL PROFILE auto: pretrained weights not found locally "
@@ -103,4 +104,4 @@ def load_pipeline(
     else:
         pipeline, resolved = build_random(profile, device, dtype), profile
     pipeline.set_progress_bar_config(disable=True)
-    return LoadedPipeline(pipeline.to(device), profile, resolved, note)
+    return LoadedPipeline(pipeline, profile, resolved, note)

@@ -200,6 +200,12 @@ def get_media(key: str, services: ServicesDep) -> FileResponse:
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=300"})
 
 
+@router.get("/livez", tags=["ops"])
+def liveness() -> dict:
+    """The process answers; checks nothing else (for liveness probes, and as the proxy's latency floor)."""
+    return {"ok": True}
+
+
 @router.get("/health", tags=["ops"], responses={503: {"description": "a dependency is down"}})
 async def health(services: ServicesDep) -> JSONResponse:
     """Database, storage and each deployment; 503 when any of them is down."""

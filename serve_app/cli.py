@@ -14,9 +14,8 @@ import signal
 from pathlib import Path
 
 from serve_app.bootstrap import prepare
+from serve_app.launcher import LOCAL_CONFIG
 from serve_app.settings import Settings
-
-LOCAL_CONFIG = Path(__file__).with_name("serve_config.local.yaml")
 
 
 def run(config: Path, dashboard: bool = True) -> None:

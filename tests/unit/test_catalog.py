@@ -50,8 +50,11 @@ def test_swatch_is_deterministic_and_in_the_color():
 
 
 def test_prompt_names_cut_fabric_and_color():
-    prompt = build_prompt("photo of a double-breasted jacket", "Donegal tweed", "burgundy")
-    assert prompt.startswith("photo of a double-breasted jacket, made of burgundy Donegal tweed fabric")
+    cut = load_catalog().cut("cruzado")
+    prompt = build_prompt(cut.prompt, "Donegal tweed", "burgundy")
+    assert prompt.startswith("burgundy Donegal tweed double-breasted six-button suit jacket")
+    # What distinguishes requests fits in the first 77 characters, so even a byte-level tokenizer sees it.
+    assert "double-breasted" in prompt[:77]
 
 
 def test_sync_is_idempotent_and_keeps_admin_edits(sessions):

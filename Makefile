@@ -1,0 +1,42 @@
+# Sastre: `make run` serves the app on http://127.0.0.1:8000, `make test` runs every test.
+# Both set themselves up from nothing: a virtualenv in .venv, the project and its dev extra.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+export RAY_USAGE_STATS_ENABLED := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# Ray 2.60's GCS and raylet listen on all interfaces whatever the node IP, so tests run in a
+# private network namespace that has only loopback, where the machine allows one.
+ISOLATE := $(shell unshare --net true 2>/dev/null && command -v ip >/dev/null && echo yes)
+ifeq ($(ISOLATE),yes)
+IN_LOOPBACK_NETNS := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
+endif
+
+.PHONY: install run test bench stop-db clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored' || true; }
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m serve_app.cli run
+
+test: install
+	$(IN_LOOPBACK_NETNS) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: install
+	$(IN_LOOPBACK_NETNS) $(PY) bench/e2e_latency.py $(BENCH_ARGS)
+
+stop-db: install
+	$(PY) -m serve_app.cli stop-db
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,128 @@
+"""First service baseline (tiny-random profile, CPU): startup, POST latency, 2-cut job latency.
+
+Each figure is printed beside a baseline measured in the same run, as a ratio:
+- startup to healthy        vs. a one-route Ray Serve app started the same way (Ray's own floor);
+- POST /generate latency    vs. GET /livez through the same proxy (the proxy's floor);
+- POST → completed, 2 cuts  vs. the same two cuts made in-process by the plain worker classes
+                              (control map + one batched generate + watermark/JPEG), no Ray, no DB.
+
+Run: `make bench` (or `python bench/e2e_latency.py --jobs 20`). Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+from serve_app.launcher import serve
+
+NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def in_process_two_cuts(size: int, repeats: int) -> list[float]:
+    """The work of one 2-cut job without the service around it."""
+    from catalog.data import load_catalog
+    from catalog.prompts import build_prompt
+    from catalog.swatches import render_swatch
+    from deployments.finishing import Finisher
+    from deployments.generation import CutRequest, SdxlTurboModel
+    from deployments.preprocessing import ControlMapper
+    from deployments.storage import LocalStorage
+
+    catalog = load_catalog()
+    mapper, model = ControlMapper(), SdxlTurboModel.from_profile("tiny-random", device="cpu")
+    finisher = Finisher(LocalStorage(tempfile.mkdtemp(), "http://127.0.0.1/media"))
+    swatch = render_swatch("#1F2A44", "095T-0121")
+    times = []
+    for run in range(repeats + 1):
+        started = time.perf_counter()
+        requests = [CutRequest(build_prompt(c.prompt, "fine worsted cool wool", "navy blue"),
+                               mapper.control_map(c.template_png(), c.cut_id, "canny", size), swatch, run * 2 + i)
+                    for i, c in enumerate(catalog.cuts)]
+        for i, image in enumerate(model.generate(requests)):
+            finisher.finish(image, f"generated/x/{run}/{i}.jpg")
+        if run:  # the first run warms caches, as the service's first job does
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def job_latencies(client: httpx.Client, jobs: int) -> list[float]:
+    times = []
+    for seed in range(jobs + 1):
+        started = time.perf_counter()
+        job_id = client.post("/generate", json={**NAVY, "cuts": ["recto", "cruzado"], "seed": seed}).json()["job_id"]
+        while client.get(f"/jobs/{job_id}").json()["status"] not in ("completed", "failed"):
+            time.sleep(0.01)
+        if seed:  # skip the warm-up job
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def request_latencies(client: httpx.Client, method: str, path: str, n: int, body: dict | None = None) -> list[float]:
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = client.request(method, path, json=body)
+        times.append(time.perf_counter() - started)
+        assert response.status_code < 300, response.text
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=20, help="2-cut jobs for the end-to-end median")
+    parser.add_argument("--posts", type=int, default=50)
+    parser.add_argument("--size", type=int, default=512)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="sastre-bench-"))
+    database_url = os.environ.get("SASTRE_DATABASE_URL")
+    if not database_url:
+        import pgserver
+
+        database_url = pgserver.get_server(workdir / "pg", cleanup_mode="delete").get_uri()
+    settings = {"database_url": database_url, "data_dir": str(workdir / "data"), "model_profile": "tiny-random",
+                "image_size": args.size, "poll_seconds": 0.5}
+
+    baseline_job = in_process_two_cuts(args.size, args.jobs)
+    with serve(workdir, settings, import_path="bench.trivial_app:app", ready_path="/livez") as (_, trivial_start):
+        pass
+    with serve(workdir, settings) as (base_url, startup):
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            jobs = job_latencies(client, args.jobs)
+            live = request_latencies(client, "GET", "/livez", args.posts)
+            posts = request_latencies(client, "POST", "/generate", args.posts, {**NAVY, "cuts": ["recto"]})
+
+    rows = [
+        ("startup to healthy (s)", startup, trivial_start, "one-route Serve app startup"),
+        ("POST /generate p50 (ms)", statistics.median(posts) * 1e3, statistics.median(live) * 1e3, "GET /livez p50"),
+        ("POST /generate p99 (ms)", percentile(posts, 0.99) * 1e3, percentile(live, 0.99) * 1e3, "GET /livez p99"),
+        ("2-cut job, POST→completed p50 (ms)", statistics.median(jobs) * 1e3, statistics.median(baseline_job) * 1e3,
+         "same 2 cuts in-process"),
+    ]
+    print(f"{'figure':38} {'ours':>10} {'baseline':>10} {'ratio':>7}  baseline is")
+    for name, ours, base, what in rows:
+        print(f"{name:38} {ours:10.1f} {base:10.1f} {ours / base:7.2f}  {what}")
+    print(json.dumps({
+        "date": date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cores", "size": args.size,
+        "jobs": args.jobs, "posts": args.posts,
+        "figures": {name: {"ours": round(ours, 2), "baseline": round(base, 2), "ratio": round(ours / base, 2)}
+                    for name, ours, base, _ in rows},
+    }))
+
+
+if __name__ == "__main__":
+    main()

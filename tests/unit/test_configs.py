@@ -1,0 +1,54 @@
+"""The deployment configs pass Ray's own validation and say what ops rely on."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.cli import LOCAL_CONFIG
+from serve_app.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _deployments(config: ServeDeploySchema) -> dict:
+    return {d.name: d for d in config.applications[0].deployments}
+
+
+def test_cluster_yaml_passes_ray_validation_and_has_cpu_head_and_gpu_workers():
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    config = prepare_config(copy.deepcopy(raw))
+    validate_config(config)
+    nodes = config["available_node_types"]
+    assert "GPU" not in nodes[config["head_node_type"]]["resources"]
+    assert nodes["gpu_worker"]["resources"]["GPU"] == 1 and nodes["gpu_worker"]["max_workers"] > nodes["gpu_worker"]["min_workers"]
+    broken = copy.deepcopy(raw)
+    broken["head_node_type"] = "missing"
+    with pytest.raises(ValueError):
+        validate_config(prepare_config(broken))
+
+
+def test_production_serve_config_uses_pretrained_weights_on_autoscaled_gpus():
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text()))
+    app = config.applications[0]
+    assert app.import_path == "serve_app.app:build_app" and app.args["model_profile"] == "pretrained"
+    deployments = _deployments(config)
+    assert set(deployments) == {"Ingress", "JobRunner", "ControlNetPreprocessor", "SdxlTurboGenerator", "Finisher"}
+    generator = deployments["SdxlTurboGenerator"]
+    assert generator.ray_actor_options.num_gpus > 0.5
+    assert generator.autoscaling_config["max_replicas"] > generator.autoscaling_config["min_replicas"]
+    Settings(**app.args)  # the args are valid settings
+
+
+def test_local_serve_config_is_loopback_cpu_only_and_auto():
+    config = ServeDeploySchema.model_validate(yaml.safe_load(LOCAL_CONFIG.read_text()))
+    assert config.http_options.host == "127.0.0.1" and config.http_options.port == 8000
+    assert config.applications[0].args["model_profile"] == "auto"
+    deployments = _deployments(config)
+    assert sum(d.ray_actor_options.num_cpus for d in deployments.values()) <= 1.0  # fits a 2-core laptop
+    assert all(not d.ray_actor_options.num_gpus for d in deployments.values())
