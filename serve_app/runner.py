@@ -97,6 +97,8 @@ class JobRunner:
                 except asyncio.TimeoutError:
                     pass
                 self._wake.clear()
+            # Stopping: claim nothing new, let the jobs in hand finish (their leases are still renewed).
+            await asyncio.gather(*self.active.values(), return_exceptions=True)
         finally:
             listener.cancel()
             heartbeat.cancel()
@@ -144,7 +146,7 @@ class JobRunner:
                 await asyncio.sleep(self.poll_seconds)
 
     async def _heartbeat(self) -> None:
-        while not self._stopping:
+        while True:  # cancelled by run_forever once the last job is done
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 held = await asyncio.to_thread(self._renew, list(self.active))

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 
+from db.engine import make_engine
 from serve_app.launcher import serve
+from tests.conftest import fresh_database
 
 IMAGE_SIZE = 128
 
@@ -26,9 +29,23 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service_database_url(server_url: str) -> Iterator[str]:
+    """The running service's own database: its JobRunner must not claim the unit tests' jobs."""
+    with fresh_database(server_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def service_engine(service_database_url: str) -> Iterator[Engine]:
+    engine = make_engine(service_database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def service(service_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("service")
-    settings = {"database_url": database_url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
+    settings = {"database_url": service_database_url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
                 "image_size": IMAGE_SIZE, "poll_seconds": 0.5}
     with serve(root, settings) as (base_url, _):
         yield Service(base_url)

@@ -69,7 +69,7 @@ def test_catalog_lists_families_colors_and_reachable_swatches(service):
     assert swatch.status_code == 200 and swatch.headers["content-type"] == "image/png"
 
 
-def test_two_cut_job_goes_pending_processing_completed(service, engine):
+def test_two_cut_job_goes_pending_processing_completed(service):
     with service.client() as client:
         started = time.monotonic()
         response = client.post("/generate", json={**NAVY, "cuts": ["recto", "cruzado"], "seed": 1234})
@@ -142,23 +142,23 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("payload,status,message", BAD_REQUESTS)
-def test_bad_requests_get_a_json_4xx_and_write_nothing(service, engine, payload, status, message):
-    before = _rows(engine)
+def test_bad_requests_get_a_json_4xx_and_write_nothing(service, service_engine, payload, status, message):
+    before = _rows(service_engine)
     with service.client() as client:
         response = client.post("/generate", json=payload)
     assert response.status_code == status
     assert message in str(response.json()["detail"])
-    assert _rows(engine) == before
+    assert _rows(service_engine) == before
 
 
-def test_malformed_json_and_unknown_job(service, engine):
-    before = _rows(engine)
+def test_malformed_json_and_unknown_job(service, service_engine):
+    before = _rows(service_engine)
     with service.client() as client:
         broken = client.post("/generate", content=b"{not json", headers={"content-type": "application/json"})
         missing = client.get("/jobs/00000000-0000-0000-0000-000000000000")
     assert broken.status_code == 422 and "detail" in broken.json()
     assert missing.status_code == 404 and "not found" in missing.json()["detail"]
-    assert _rows(engine) == before
+    assert _rows(service_engine) == before
 
 
 def test_openapi_documents_every_route_with_its_errors(service):
