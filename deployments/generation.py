@@ -28,28 +28,28 @@ V = TypeVar("V")
 
 
 class LruCache(Generic[K, V]):
-    """A small thread-safe LRU map; embeddings are tiny next to the models, so a few hundred is plenty."""
+    """A small LRU map (used under the model's lock); embeddings are tiny next to the models."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get_or_compute(self, key: K, compute: Callable[[], V]) -> V:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
         value = compute()
-        with self._lock:
-            self.misses += 1
-            self._items[key] = value
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+        self.misses += 1
+        self._items[key] = value
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
         return value
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._items
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,9 @@ class SdxlTurboModel:
         self.device = self.pipeline.device
         self.prompt_cache: LruCache[str, tuple[torch.Tensor, torch.Tensor]] = LruCache(512)
         self.image_cache: LruCache[str, torch.Tensor] = LruCache(256)
-        self._lock = threading.Lock()  # the IP-Adapter scale is pipeline-wide state
+        # One batch at a time: the IP-Adapter scale is pipeline-wide state, and the fast tokenizers
+        # change their truncation settings per call, so concurrent encodes would corrupt each other.
+        self._lock = threading.Lock()
 
     @classmethod
     def from_profile(cls, profile: str, sources: ModelSources = ModelSources(), device: str | None = None,
@@ -111,7 +113,7 @@ class SdxlTurboModel:
         }
 
     @torch.inference_mode()
-    def prompt_embeddings(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prompt_embeddings(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
             embeds, _, pooled, _ = self.pipeline.encode_prompt(
                 prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
@@ -121,7 +123,7 @@ class SdxlTurboModel:
         return self.prompt_cache.get_or_compute(prompt, compute)
 
     @torch.inference_mode()
-    def image_embeddings(self, swatch: Image.Image, content_hash: str) -> torch.Tensor:
+    def _image_embeddings(self, swatch: Image.Image, content_hash: str) -> torch.Tensor:
         def compute() -> torch.Tensor:
             embeds, _ = self.pipeline.encode_image(swatch, self.device, 1)
             return embeds  # (1, dim)
@@ -133,6 +135,10 @@ class SdxlTurboModel:
         """Generate one image per request, batching together cuts that share an IP-Adapter scale."""
         if not requests:
             return []
+        with self._lock:
+            return self._generate(requests)
+
+    def _generate(self, requests: list[CutRequest]) -> list[CutImage]:
         prepared = []
         for request in requests:
             swatch = decode_swatch(request.swatch)
@@ -142,7 +148,7 @@ class SdxlTurboModel:
                 content_hash = "blank"
             else:
                 content_hash = hashlib.sha256(request.swatch).hexdigest()
-            prepared.append((request, fallback, self.image_embeddings(swatch, content_hash)))
+            prepared.append((request, fallback, self._image_embeddings(swatch, content_hash)))
 
         results: list[CutImage | None] = [None] * len(requests)
         for fallback in (False, True):
@@ -158,19 +164,18 @@ class SdxlTurboModel:
         height, width = requests[0].control_image.shape[:2]
         if any(r.control_image.shape[:2] != (height, width) for r in requests):
             raise ValueError("all cuts in a batch must share one resolution")
-        embeds = [self.prompt_embeddings(r.prompt) for r in requests]
-        with self._lock:
-            self.pipeline.set_ip_adapter_scale(scale)
-            output = self.pipeline(
-                prompt_embeds=torch.cat([e for e, _ in embeds]),
-                pooled_prompt_embeds=torch.cat([p for _, p in embeds]),
-                image=[Image.fromarray(r.control_image) for r in requests],
-                ip_adapter_image_embeds=[torch.cat([emb for _, _, emb in batch])[:, None, :]],
-                num_inference_steps=self.num_inference_steps,
-                guidance_scale=0.0,
-                height=height,
-                width=width,
-                generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests],
-                output_type="np",
-            )
+        embeds = [self._prompt_embeddings(r.prompt) for r in requests]
+        self.pipeline.set_ip_adapter_scale(scale)
+        output = self.pipeline(
+            prompt_embeds=torch.cat([e for e, _ in embeds]),
+            pooled_prompt_embeds=torch.cat([p for _, p in embeds]),
+            image=[Image.fromarray(r.control_image) for r in requests],
+            ip_adapter_image_embeds=[torch.cat([emb for _, _, emb in batch])[:, None, :]],
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=0.0,
+            height=height,
+            width=width,
+            generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests],
+            output_type="np",
+        )
         return [np.round(image * 255).clip(0, 255).astype(np.uint8) for image in output.images]

@@ -88,7 +88,20 @@ def test_embeddings_are_cached(model, control):
     model.generate([request(control, 1, swatch=swatch, prompt="cache probe")])
     model.generate([request(control, 2, swatch=swatch, prompt="cache probe")])
     assert model.image_cache.hits == hits_before + 1
-    assert "cache probe" in model.prompt_cache._items
+    assert "cache probe" in model.prompt_cache
+
+
+def test_concurrent_callers_get_the_same_images_as_sequential_ones(model, control):
+    """Callers on several threads (the runner's in-process renderer does this) must not interfere."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    long_prompts = [f"charcoal grey wool suit number {i}, " * 6 for i in range(6)]  # longer than 77 tokens
+    requests = [request(control, 30 + i, prompt=p) for i, p in enumerate(long_prompts)]
+    fresh = SdxlTurboModel(model.loaded)
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda r: fresh.generate([r])[0], requests))
+    for r, image in zip(requests, together):
+        assert np.array_equal(image.pixels, model.generate([r])[0].pixels)
 
 
 def test_control_maps_are_edges_of_the_template_and_cached():
