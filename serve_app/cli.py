@@ -1,43 +1,86 @@
 """Command line: `python -m serve_app.cli prepare|run|stop-db`.
 
-`run` is what `make run` calls: it prepares the database and catalog, starts a local Ray instance on
-127.0.0.1 (dashboard included, on 127.0.0.1:8265) and hands over to Ray's own `serve run` with the
-local Serve config.
+`run` is what `make run` calls: it prepares the database and catalog, starts a local Ray instance
+(dashboard on 127.0.0.1:8265) and hands over to Ray's own `serve run` with the local Serve config.
+Where Linux allows it, Ray runs in a loopback-only network namespace (see serve_app/isolation.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import yaml
+
 from serve_app.bootstrap import prepare
+from serve_app.isolation import can_isolate, in_loopback_namespace, start_unix_to_tcp, tcp_to_unix
 from serve_app.launcher import LOCAL_CONFIG
 from serve_app.settings import Settings
 
 
+DASHBOARD_PORT = 8265
+
+
+def http_port(config: Path) -> int:
+    return int(yaml.safe_load(config.read_text()).get("http_options", {}).get("port", 8000))
+
+
 def run(config: Path, dashboard: bool = True) -> None:
+    """Serve in this process: Ray's `serve run`, in the current network namespace."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray.serve.scripts import cli as serve_cli
 
-    # SIGTERM gets the same clean shutdown as Ctrl-C (Serve, then the local Ray instance).
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
              namespace="serve")
     serve_cli.main(["run", str(config)], prog_name="serve")
 
 
+def run_isolated(config: Path, dashboard: bool, ports: list[int]) -> int:
+    """Serve from a loopback-only namespace, bridging `ports` to this host's loopback."""
+    bridges = Path(tempfile.mkdtemp(prefix="sastre-netns-"))
+    argv = [sys.executable, "-m", "serve_app.cli", "run", "--config", str(config), "--inside-namespace", str(bridges)]
+    child = subprocess.Popen(in_loopback_namespace(argv + ([] if dashboard else ["--no-dashboard"])))
+
+    async def bridge() -> None:
+        servers = await tcp_to_unix(bridges, ports)
+        try:
+            while child.poll() is None:
+                await asyncio.sleep(0.5)
+        finally:
+            for server in servers:
+                server.close()
+
+    try:
+        asyncio.run(bridge())
+    except KeyboardInterrupt:
+        # A terminal's Ctrl-C reaches the child too; forward it only if the child did not get it.
+        try:
+            child.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGINT)
+    finally:
+        child.wait()
+        shutil.rmtree(bridges, ignore_errors=True)
+    return child.returncode
+
+
 def stop_database(settings: Settings) -> None:
-    import subprocess
-
-    import pgserver
-
-    data = (settings.data_dir / "postgres").resolve()
-    subprocess.run([str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"), "-D", str(data), "stop"],
-                   check=False)
+    """Fast shutdown of the embedded server (SIGINT to the postmaster, as `pg_ctl stop -m fast` does)."""
+    pid_file = (settings.data_dir / "postgres" / "postmaster.pid").resolve()
+    if not pid_file.exists():
+        print("embedded PostgreSQL is not running")
+        return
+    os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+    print(f"stopping embedded PostgreSQL in {pid_file.parent}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     run_parser.add_argument("--config", type=Path, default=LOCAL_CONFIG)
     run_parser.add_argument("--no-dashboard", dest="dashboard", action="store_false",
                             help="skip the Ray dashboard (tests; a second local instance)")
+    run_parser.add_argument("--inside-namespace", type=Path, help=argparse.SUPPRESS)
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -56,6 +100,19 @@ def main(argv: list[str] | None = None) -> None:
         url = prepare(settings)
         print(f"database ready: {url if settings.database_url else 'embedded PostgreSQL under ' + str(settings.data_dir)}")
     elif args.command == "run":
+        # Ctrl-C and SIGTERM both get the clean shutdown (Serve, then the local Ray instance), even when
+        # started in the background by a shell that ignores SIGINT for background jobs.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        ports = [http_port(args.config)] + ([DASHBOARD_PORT] if args.dashboard else [])
+        if args.inside_namespace is None and can_isolate():
+            if settings.database_url and "host=/" not in settings.database_url:
+                logging.warning("SASTRE_DATABASE_URL is a TCP address, which a loopback-only namespace cannot "
+                                "reach: Ray's processes will listen on all interfaces")
+            else:
+                sys.exit(run_isolated(args.config, args.dashboard, ports))
+        if args.inside_namespace:
+            start_unix_to_tcp(args.inside_namespace, ports)
         prepare(settings)
         run(args.config, args.dashboard)
     elif args.command == "stop-db":
