@@ -1,4 +1,4 @@
-"""Where images live: one small interface, a local-directory backend (S3 arrives with uploads).
+"""Where images live: one small interface, a local directory or an S3-compatible bucket.
 
 Workers and the API exchange storage *keys*; URLs are only made for browsers. `key_for_url` maps a URL
 back to a key only when it is one this storage issued, so a client-supplied URL is never fetched.
@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 import posixpath
 import tempfile
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
+
+UPLOAD_PREFIX = "temp-uploads/"
 
 
 class StorageError(Exception):
@@ -28,12 +32,28 @@ def validate_key(key: str) -> str:
     return key
 
 
+def key_under_base(url: str, base_url: str) -> str | None:
+    """The key of `url` if it is `base_url` + "/" + a quoted valid key, else None."""
+    base = urlsplit(base_url.rstrip("/") + "/")
+    parts = urlsplit(url)
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or parts.query or parts.fragment:
+        return None
+    if not parts.path.startswith(base.path):
+        return None
+    try:
+        return validate_key(unquote(parts.path[len(base.path):]))
+    except StorageError:
+        return None
+
+
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> str: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
+    def modified_at(self, key: str) -> datetime | None: ...
     def url_for(self, key: str) -> str: ...
     def key_for_url(self, url: str) -> str | None: ...
+    def delete_older_than(self, prefix: str, max_age_seconds: float) -> int: ...
     def check(self) -> None: ...
 
 
@@ -74,28 +94,147 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
 
+    def modified_at(self, key: str) -> datetime | None:
+        try:
+            return datetime.fromtimestamp(self.path_for(key).stat().st_mtime, timezone.utc)
+        except FileNotFoundError:
+            return None
+
     def url_for(self, key: str) -> str:
         return f"{self.public_base_url}/{quote(validate_key(key))}"
 
     def key_for_url(self, url: str) -> str | None:
-        base = urlsplit(self.public_base_url + "/")
-        parts = urlsplit(url)
-        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or parts.query or parts.fragment:
-            return None
-        if not parts.path.startswith(base.path):
-            return None
-        try:
-            return validate_key(unquote(parts.path[len(base.path):]))
-        except StorageError:
-            return None
+        return key_under_base(url, self.public_base_url)
+
+    def delete_older_than(self, prefix: str, max_age_seconds: float) -> int:
+        """The local stand-in for a bucket lifecycle rule (uploads expire after 24 h)."""
+        folder = self.path_for(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return 0
+        cutoff, removed = time.time() - max_age_seconds, 0
+        for path in folder.iterdir():
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"{self.root} is not writable")
 
 
+class S3Storage:
+    """An S3-compatible bucket through boto3: AWS S3, Cloudflare R2 or MinIO via `endpoint_url`.
+
+    URLs are `public_base_url/key` when the bucket is served publicly (an R2 public bucket or custom
+    domain, a CDN), otherwise presigned GET URLs valid for `presign_seconds`.
+    """
+
+    LIFECYCLE_RULE_ID = "sastre-expire-temp-uploads"
+
+    def __init__(self, bucket: str, endpoint_url: str | None = None, region: str | None = None,
+                 public_base_url: str | None = None, access_key_id: str | None = None,
+                 secret_access_key: str | None = None, presign_seconds: int = 3600) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        self.presign_seconds = presign_seconds
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region, aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                          retries={"max_attempts": 3, "mode": "standard"}),
+        )
+
+    def _errors(self):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        return (BotoCoreError, ClientError)
+
+    def put(self, key: str, data: bytes, content_type: str) -> str:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=validate_key(key), Body=data, ContentType=content_type)
+        except self._errors() as exc:
+            raise StorageError(f"cannot write {key!r}: {exc}") from exc
+        return self.url_for(key)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=validate_key(key))["Body"].read()
+        except self._errors() as exc:
+            raise StorageError(f"cannot read {key!r}: {exc}") from exc
+
+    def _head(self, key: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(f"cannot stat {key!r}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def modified_at(self, key: str) -> datetime | None:
+        head = self._head(key)
+        return head["LastModified"] if head else None
+
+    def url_for(self, key: str) -> str:
+        if self.public_base_url:
+            return f"{self.public_base_url}/{quote(validate_key(key))}"
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": validate_key(key)}, ExpiresIn=self.presign_seconds
+        )
+
+    def key_for_url(self, url: str) -> str | None:
+        if self.public_base_url:
+            return key_under_base(url, self.public_base_url)
+        # Presigned URLs (path style): <endpoint>/<bucket>/<key>?X-Amz-...; the signature is not ours to
+        # check here, the key only has to be one of this bucket's.
+        endpoint = self.client.meta.endpoint_url.rstrip("/")
+        return key_under_base(url.split("?", 1)[0], f"{endpoint}/{self.bucket}")
+
+    def ensure_upload_expiry(self, prefix: str = UPLOAD_PREFIX, days: int = 1) -> None:
+        """Make sure the bucket deletes uploads after `days`, keeping any other lifecycle rules."""
+        from botocore.exceptions import ClientError
+
+        try:
+            rules = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise StorageError(f"cannot read lifecycle rules: {exc}") from exc
+            rules = []
+        ours = {"ID": self.LIFECYCLE_RULE_ID, "Filter": {"Prefix": prefix}, "Status": "Enabled",
+                "Expiration": {"Days": days}}
+        if ours in rules:
+            return
+        rules = [rule for rule in rules if rule.get("ID") != self.LIFECYCLE_RULE_ID] + [ours]
+        try:
+            self.client.put_bucket_lifecycle_configuration(Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
+        except self._errors() as exc:
+            raise StorageError(f"cannot set the upload expiry rule: {exc}") from exc
+
+    def delete_older_than(self, prefix: str, max_age_seconds: float) -> int:
+        """Nothing to do: the bucket's lifecycle rule expires uploads."""
+        return 0
+
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except self._errors() as exc:
+            raise StorageError(f"bucket {self.bucket!r} unreachable: {exc}") from exc
+
+
 def open_storage(config: dict) -> Storage:
     """Build the backend described by a settings-derived dict (see Settings.storage_config)."""
+    options = {k: v for k, v in config.items() if k != "backend"}
     if config["backend"] == "local":
-        return LocalStorage(config["root"], config["public_base_url"])
+        return LocalStorage(**options)
+    if config["backend"] == "s3":
+        return S3Storage(**options)
     raise ValueError(f"unknown storage backend {config['backend']!r}")

@@ -10,7 +10,9 @@ import asyncio
 import logging
 import mimetypes
 import secrets
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Awaitable, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
@@ -24,7 +26,7 @@ from catalog.data import CatalogData
 from catalog.loader import active_families, color_swatch_key, find_active_color
 from db import jobs
 from db.models import GenerationJob
-from deployments.storage import LocalStorage, Storage, StorageError
+from deployments.storage import UPLOAD_PREFIX, LocalStorage, Storage, StorageError
 from serve_app.schemas import (
     CatalogOut,
     ColorOut,
@@ -35,12 +37,12 @@ from serve_app.schemas import (
     GenerateAccepted,
     GenerateRequest,
     JobOut,
+    UploadOut,
 )
+from serve_app.uploads import read_file_field, sanitize_image
 from serve_app.settings import Settings
 
 logger = logging.getLogger("sastre.api")
-
-UPLOAD_PREFIX = "temp-uploads/"
 
 
 @dataclass
@@ -125,9 +127,42 @@ def _resolve_swatch(services: Services, url: str, collection: str | None) -> str
     allowed = key is not None and (key.startswith(UPLOAD_PREFIX) or (collection and key.startswith(collection + "/")))
     if not allowed:
         raise HTTPException(422, "swatch_url must be a swatch URL issued by this service (an upload or a catalog swatch)")
-    if not services.storage.exists(key):
+    modified = services.storage.modified_at(key)
+    if modified is None:
         raise HTTPException(422, "swatch_url refers to a swatch that does not exist or has expired")
+    ttl = timedelta(hours=services.settings.upload_ttl_hours)
+    if key.startswith(UPLOAD_PREFIX) and modified + ttl < datetime.now(timezone.utc):
+        raise HTTPException(422, "swatch_url refers to an upload that has expired: upload the swatch again")
     return key
+
+
+MULTIPART_BODY = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary",
+                                "description": "JPEG, PNG or WebP, at most 5 MB"}}}}}},
+}
+
+
+@router.post("/upload-swatch", status_code=status.HTTP_201_CREATED, response_model=UploadOut, tags=["jobs"],
+             responses=_errors(413, 415, 422, 503), openapi_extra=MULTIPART_BODY)
+async def upload_swatch(request: Request, services: ServicesDep) -> UploadOut:
+    """Store a customer's swatch photo for use as `swatch_url`; it expires after 24 hours.
+
+    The type is decided by decoding the bytes (JPEG, PNG, WebP); the stored copy is re-encoded without
+    metadata (EXIF, GPS, ICC, text chunks). Bodies over the size limit are refused as they stream in.
+    """
+    settings = services.settings
+    data = await read_file_field(request, "file", settings.upload_max_bytes)
+    clean = await asyncio.to_thread(sanitize_image, data, settings.upload_max_pixels)
+    key = f"{UPLOAD_PREFIX}{uuid.uuid4()}.{clean.extension}"
+    try:
+        url = await asyncio.to_thread(services.storage.put, key, clean.data, clean.content_type)
+    except StorageError:
+        logger.exception("storing upload %s failed", key)
+        raise HTTPException(503, "storage unavailable, retry shortly") from None
+    expires_at = datetime.now(timezone.utc) + timedelta(hours=settings.upload_ttl_hours)
+    return UploadOut(swatch_url=url, expires_at=expires_at)
 
 
 @router.post("/generate", status_code=status.HTTP_202_ACCEPTED, response_model=GenerateAccepted, tags=["jobs"],
@@ -158,17 +193,20 @@ def create_generation(body: GenerateRequest, services: ServicesDep) -> GenerateA
     return GenerateAccepted(job_id=job.job_id, status=job.status, seed=seed, status_url=f"/jobs/{job.job_id}")
 
 
-def job_out(job: GenerationJob) -> JobOut:
+def job_out(job: GenerationJob, storage: Storage) -> JobOut:
+    """The API view of a row. URLs are made from the stored keys at read time, so presigned URLs are fresh."""
     seeds = [job.seed + index for index in range(len(job.cuts))] if job.seed is not None else []
     progress = []
     for index, cut in enumerate(job.cuts):
         entry = job.cut_progress.get(cut, {})
+        url = storage.url_for(entry["key"]) if entry.get("key") else entry.get("url")
         progress.append(CutProgress(cut=cut, status=entry.get("status", "pending"),
-                                    seed=entry.get("seed", seeds[index] if seeds else 0), url=entry.get("url"),
+                                    seed=entry.get("seed", seeds[index] if seeds else 0), url=url,
                                     ip_adapter_fallback=entry.get("ip_adapter_fallback")))
+    result_urls = [p.url for p in progress] if job.status == "completed" and all(p.url for p in progress) else job.result_urls
     return JobOut(
         job_id=job.job_id, status=job.status, family_id=job.family_id, color_id=job.color_id, cuts=job.cuts,
-        seed=job.seed, seeds=seeds, swatch_url=job.swatch_url, result_urls=job.result_urls, progress=progress,
+        seed=job.seed, seeds=seeds, swatch_url=job.swatch_url, result_urls=result_urls, progress=progress,
         error_message=job.error_message, attempts=job.attempts, created_at=job.created_at,
         updated_at=job.updated_at, started_at=job.started_at, completed_at=job.completed_at,
     )
@@ -181,7 +219,7 @@ def get_job(job_id: str, services: ServicesDep) -> JobOut:
         job = jobs.get_job(session, job_id)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
-    return job_out(job)
+    return job_out(job, services.storage)
 
 
 @router.get("/media/{key:path}", tags=["media"], responses=_errors(404))

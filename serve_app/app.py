@@ -18,7 +18,8 @@ from serve_app.settings import Settings
 def build_app(args: dict | None = None) -> Application:
     settings = Settings(**(args or {}))
     database_url = prepare(settings)
-    resolved = settings.model_dump(mode="json", exclude={"database_url"})
+    # Secrets travel only inside `storage` and `database_url`, never in the settings dict.
+    resolved = settings.model_dump(mode="json", exclude={"database_url", "s3_secret_access_key"})
     resolved["data_dir"] = str(settings.data_dir.resolve())
     storage = settings.storage_config()
 
@@ -29,5 +30,5 @@ def build_app(args: dict | None = None) -> Application:
         settings.num_inference_steps,
     )
     finisher = ImageFinisher.bind(storage, settings.watermark_text)
-    runner = JobRunnerDeployment.bind(resolved, database_url, preprocessor, generator, finisher)
-    return Ingress.bind(resolved, database_url, runner, preprocessor, generator, finisher)
+    runner = JobRunnerDeployment.bind(resolved, database_url, storage, preprocessor, generator, finisher)
+    return Ingress.bind(resolved, database_url, storage, runner, preprocessor, generator, finisher)

@@ -9,7 +9,7 @@ from catalog.loader import sync_catalog
 from catalog.swatches import render_swatch, swatch_key
 from db.engine import embedded_database_url, make_engine, make_sessionmaker
 from db.migrate import upgrade
-from deployments.storage import Storage, open_storage
+from deployments.storage import S3Storage, Storage, open_storage
 from serve_app.settings import Settings
 
 logger = logging.getLogger("sastre.bootstrap")
@@ -46,7 +46,10 @@ def prepare(settings: Settings, database_url: str | None = None) -> str:
             result = sync_catalog(session, catalog)
     finally:
         engine.dispose()
-    swatches = put_catalog_swatches(open_storage(settings.storage_config()), catalog)
+    storage = open_storage(settings.storage_config())
+    if isinstance(storage, S3Storage):
+        storage.ensure_upload_expiry(days=max(1, round(settings.upload_ttl_hours / 24)))
+    swatches = put_catalog_swatches(storage, catalog)
     logger.info("catalog ready: %d families and %d colors added, %d swatches stored",
                 result.families_added, result.colors_added, swatches)
     return url

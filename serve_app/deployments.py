@@ -28,8 +28,8 @@ logger = logging.getLogger("ray.serve")
 )
 @serve.ingress()
 class Ingress:
-    def __init__(self, settings: dict, database_url: str, runner: DeploymentHandle, preprocessor: DeploymentHandle,
-                 generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
+    def __init__(self, settings: dict, database_url: str, storage: dict, runner: DeploymentHandle,
+                 preprocessor: DeploymentHandle, generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
         config = Settings(**settings)
         handles = {"JobRunner": runner, "ControlNetPreprocessor": preprocessor, "SdxlTurboGenerator": generator,
                    "Finisher": finisher}
@@ -46,7 +46,7 @@ class Ingress:
         self.services = Services(
             settings=config,
             sessions=make_sessionmaker(make_engine(database_url)),
-            storage=open_storage(config.storage_config()),
+            storage=open_storage(storage),
             catalog=load_catalog(),
             deployment_checks={name: checker(name, handle) for name, handle in handles.items()},
         )
@@ -68,14 +68,15 @@ class JobRunnerDeployment:
     More replicas are safe (claims use SKIP LOCKED); one keeps a small machine's CPU for the workers.
     """
 
-    def __init__(self, settings: dict, database_url: str, preprocessor: DeploymentHandle,
+    def __init__(self, settings: dict, database_url: str, storage: dict, preprocessor: DeploymentHandle,
                  generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
         config = Settings(**settings)
         renderer = ServeCutRenderer(preprocessor, generator, finisher, config.control_detector, config.image_size)
         self.runner = JobRunner(
             make_sessionmaker(make_engine(database_url)), database_url, load_catalog(), renderer,
             concurrency=config.runner_concurrency, lease_seconds=config.lease_seconds,
-            poll_seconds=config.poll_seconds,
+            poll_seconds=config.poll_seconds, storage=open_storage(storage),
+            upload_ttl_seconds=config.upload_ttl_hours * 3600,
         )
         self.task = asyncio.get_running_loop().create_task(self.runner.run_forever())
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,8 +27,11 @@ from catalog.data import CatalogData
 from catalog.prompts import build_prompt
 from db import jobs
 from db.models import Color, FabricFamily, GenerationJob
+from deployments.storage import UPLOAD_PREFIX, Storage
 
 logger = logging.getLogger("sastre.runner")
+
+SWEEP_INTERVAL_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class JobRunner:
         concurrency: int = 16,
         lease_seconds: float = 30.0,
         poll_seconds: float = 2.0,
+        storage: Storage | None = None,
+        upload_ttl_seconds: float = 24 * 3600,
     ) -> None:
         self.sessions = sessions
         self.database_url = libpq_url(database_url)
@@ -76,6 +82,9 @@ class JobRunner:
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
+        self.storage = storage
+        self.upload_ttl_seconds = upload_ttl_seconds
+        self._next_sweep = 0.0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.active: dict[str, asyncio.Task] = {}
         self._wake = asyncio.Event()
@@ -88,7 +97,7 @@ class JobRunner:
         try:
             while not self._stopping:
                 try:
-                    await asyncio.to_thread(self._rescue)
+                    await asyncio.to_thread(self._housekeeping)
                     await self.claim_and_start()
                 except Exception:  # the database may be briefly away; the loop must outlive it
                     logger.exception("runner tick failed; retrying after the poll interval")
@@ -126,10 +135,16 @@ class JobRunner:
         with self.sessions.begin() as session:
             return [job.job_id for job in jobs.claim_jobs(session, self.owner, limit, self.lease_seconds)]
 
-    def _rescue(self) -> None:
+    def _housekeeping(self) -> None:
+        """Every tick: re-queue jobs whose runner died. Every few minutes: expire old uploads."""
         with self.sessions.begin() as session:
             for job_id, status in jobs.release_expired_leases(session):
                 logger.warning("job %s lost its runner's lease; now %s", job_id, status)
+        if self.storage is not None and time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+            removed = self.storage.delete_older_than(UPLOAD_PREFIX, self.upload_ttl_seconds)
+            if removed:
+                logger.info("expired %d uploaded swatches", removed)
 
     async def _listen(self) -> None:
         """LISTEN for new-job notifications; reconnects forever, the poll covers the gaps."""
@@ -205,7 +220,7 @@ class JobRunner:
     async def _run_cut(self, task: CutTask) -> dict:
         await asyncio.to_thread(self._record, task.job_id, task.cut, {"status": "processing", "seed": task.seed})
         result = await self.renderer.render(task)
-        entry = {"status": "completed", "seed": task.seed, "url": result["url"],
+        entry = {"status": "completed", "seed": task.seed, "url": result["url"], "key": result["key"],
                  "ip_adapter_fallback": result["ip_adapter_fallback"],
                  "finished_at": datetime.now(timezone.utc).isoformat()}
         await asyncio.to_thread(self._record, task.job_id, task.cut, entry)

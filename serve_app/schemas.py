@@ -53,6 +53,11 @@ class GenerateRequest(BaseModel):
         return cuts
 
 
+class UploadOut(BaseModel):
+    swatch_url: str = Field(description="pass it as swatch_url to POST /generate")
+    expires_at: datetime = Field(description="the upload is deleted after this time")
+
+
 class GenerateAccepted(BaseModel):
     job_id: str
     status: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,8 +20,20 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".sastre"), description="embedded database, local storage, generated secrets")
     database_url: str | None = Field(default=None, description="PostgreSQL URL; unset starts the embedded server")
 
-    storage_backend: Literal["local"] = "local"
+    storage_backend: Literal["local", "s3"] = "local"
     public_base_url: str = Field(default="http://127.0.0.1:8000", description="where browsers reach this service")
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = Field(default=None, description="R2: https://<account>.r2.cloudflarestorage.com")
+    s3_region: str | None = Field(default=None, description="R2: auto")
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_public_base_url: str | None = Field(default=None, description="public bucket URL; unset = presigned URLs")
+    s3_presign_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+
+    upload_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    upload_max_pixels: int = Field(default=25_000_000, ge=1, le=80_000_000,
+                                   description="kept well under Pillow's decompression-bomb limit (89 MP)")
+    upload_ttl_hours: float = Field(default=24, gt=0)
 
     model_profile: Literal["pretrained", "tiny-random", "full-random", "auto"] = "auto"
     base_model: str = "stabilityai/sdxl-turbo"
@@ -49,5 +61,12 @@ class Settings(BaseSettings):
 
     def storage_config(self) -> dict:
         """What a worker needs to open the same storage (workers do not read settings themselves)."""
-        return {"backend": self.storage_backend, "root": str(self.storage_root.resolve()),
-                "public_base_url": self.media_base_url}
+        if self.storage_backend == "s3":
+            if not self.s3_bucket:
+                raise ValueError("SASTRE_S3_BUCKET is required with SASTRE_STORAGE_BACKEND=s3")
+            secret = self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None
+            return {"backend": "s3", "bucket": self.s3_bucket, "endpoint_url": self.s3_endpoint_url,
+                    "region": self.s3_region, "public_base_url": self.s3_public_base_url,
+                    "access_key_id": self.s3_access_key_id, "secret_access_key": secret,
+                    "presign_seconds": self.s3_presign_seconds}
+        return {"backend": "local", "root": str(self.storage_root.resolve()), "public_base_url": self.media_base_url}
