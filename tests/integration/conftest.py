@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,6 +24,14 @@ IMAGE_SIZE = 128
 @dataclass
 class Service:
     base_url: str
+    data_dir: Path
+
+    @property
+    def uploads(self) -> Path:
+        return self.data_dir / "storage" / "temp-uploads"
+
+    def stored_uploads(self) -> set[str]:
+        return {p.name for p in self.uploads.glob("*")} if self.uploads.exists() else set()
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=30, **kwargs)
@@ -48,4 +57,4 @@ def service(service_database_url: str, tmp_path_factory: pytest.TempPathFactory)
     settings = {"database_url": service_database_url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
                 "image_size": IMAGE_SIZE, "poll_seconds": 0.5}
     with serve(root, settings) as (base_url, _):
-        yield Service(base_url)
+        yield Service(base_url, root / "data")

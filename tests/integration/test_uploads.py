@@ -1,0 +1,142 @@
+"""Swatch uploads and swatch_url handling over HTTP, against the running service (local storage)."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from db.models import GenerationJob
+from tests.integration.test_service import NAVY, _wait
+from tests.upload_files import SVG, image_bytes, jpeg_with_gps, png_declaring, png_zip_polyglot, truncated_jpeg
+
+pytestmark = pytest.mark.integration
+
+
+def _upload(client: httpx.Client, data: bytes, name: str = "swatch.png", declared: str = "image/png") -> httpx.Response:
+    return client.post("/upload-swatch", files={"file": (name, data, declared)})
+
+
+def _rows(engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(GenerationJob))
+
+
+def test_upload_returns_an_expiring_url_of_ours_and_the_swatch_drives_a_job(service):
+    with service.client() as client:
+        response = _upload(client, image_bytes("PNG", color=(200, 30, 30)), name="red.jpg", declared="image/jpeg")
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["swatch_url"].startswith(f"{service.base_url}/media/temp-uploads/")
+        assert body["swatch_url"].endswith(".png")  # decided by decoding, not by the name or declared type
+        fetched = client.get(body["swatch_url"])
+        assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+        job = client.post("/generate", json={**NAVY, "cuts": ["recto"], "swatch_url": body["swatch_url"]})
+        assert job.status_code == 202, job.text
+        final, _ = _wait(client, job.json()["job_id"])
+    assert final["status"] == "completed" and final["swatch_url"] == body["swatch_url"]
+    assert final["progress"][0]["ip_adapter_fallback"] is False
+    expires = datetime.fromisoformat(body["expires_at"])
+    assert timedelta(hours=23, minutes=59) < expires - datetime.now(timezone.utc) <= timedelta(hours=24)
+
+
+def test_gps_metadata_never_reaches_storage(service):
+    with service.client() as client:
+        response = _upload(client, jpeg_with_gps(), name="IMG_0001.jpg", declared="image/jpeg")
+        assert response.status_code == 201, response.text
+        stored = client.get(response.json()["swatch_url"]).content
+    assert b"Exif" not in stored and b"PhoneMaker" not in stored
+    with Image.open(io.BytesIO(stored)) as image:
+        assert image.format == "JPEG" and not image.getexif().get_ifd(0x8825)
+
+
+BAD_UPLOADS = [
+    ("empty", b"", "empty.png", 422, "empty"),
+    ("6 MB", os.urandom(6 * 1024 * 1024), "big.jpg", 413, "too large"),
+    ("text named .png", b"hello, I am a text file" * 10, "swatch.png", 415, "not an image"),
+    ("GIF", image_bytes("GIF"), "swatch.gif", 415, "unsupported image type GIF"),
+    ("SVG", SVG, "swatch.svg", 415, "not an image"),
+    ("truncated JPEG", truncated_jpeg(), "cut.jpg", 422, "truncated"),
+    ("30000x30000 PNG", png_declaring(30000, 30000), "bomb.png", 422, "too many pixels"),
+    ("PNG+ZIP polyglot", png_zip_polyglot(), "poly.png", 422, "polyglot"),
+]
+
+
+@pytest.mark.parametrize("case,data,name,status,message", BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_uploads_are_refused_and_nothing_is_stored(service, case, data, name, status, message):
+    before = service.stored_uploads()
+    with service.client() as client:
+        response = _upload(client, data, name=name)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    assert service.stored_uploads() == before
+
+
+def test_50_mb_streamed_body_is_refused(service):
+    before = service.stored_uploads()
+
+    def body():
+        yield b'--B\r\nContent-Disposition: form-data; name="file"; filename="huge.png"\r\n\r\n'
+        for _ in range(800):
+            yield b"\x00" * 65536
+        yield b"\r\n--B--\r\n"
+
+    with service.client() as client:
+        response = client.post("/upload-swatch", content=body(), headers={"content-type": "multipart/form-data; boundary=B"})
+    assert response.status_code == 413 and "too large" in response.json()["detail"]
+    assert service.stored_uploads() == before
+
+
+def test_a_swatch_unreadable_at_run_time_falls_back_to_ip_scale_zero(service):
+    with service.client() as client:
+        url = _upload(client, image_bytes("PNG")).json()["swatch_url"]
+        (service.uploads / url.rsplit("/", 1)[1]).write_bytes(b"corrupted after upload")
+        job = client.post("/generate", json={**NAVY, "cuts": ["recto", "cruzado"], "swatch_url": url}).json()
+        final, _ = _wait(client, job["job_id"])
+    assert final["status"] == "completed"
+    assert [p["ip_adapter_fallback"] for p in final["progress"]] == [True, True]
+
+
+def _ssrf_cases(service, client) -> list[tuple[str, str]]:
+    upload = _upload(client, image_bytes("PNG")).json()["swatch_url"]
+    expired = _upload(client, image_bytes("PNG")).json()["swatch_url"]
+    old = time.time() - 25 * 3600
+    os.utime(service.uploads / expired.rsplit("/", 1)[1], (old, old))
+    done = client.post("/generate", json={**NAVY, "cuts": ["recto"]}).json()["job_id"]
+    generated = _wait(client, done)[0]["result_urls"][0]
+    name = upload.rsplit("/", 1)[1]
+    base = service.base_url
+    return [
+        ("another host", f"http://evil.example/media/temp-uploads/{name}"),
+        ("file scheme", "file:///etc/passwd"),
+        ("loopback elsewhere", f"http://127.0.0.1/media/temp-uploads/{name}"),
+        ("metadata service", "http://169.254.169.254/latest/meta-data/iam/security-credentials/"),
+        ("our result, not a swatch", generated),
+        ("dot-dot", f"{base}/media/temp-uploads/../generated/x.jpg"),
+        ("encoded dot-dot", f"{base}/media/temp-uploads/%2e%2e/%2e%2e/etc/passwd"),
+        ("query smuggling", f"{upload}?next=http://169.254.169.254/"),
+        ("never uploaded", f"{base}/media/temp-uploads/00000000-0000-0000-0000-000000000000.png"),
+        ("expired upload", expired),
+    ]
+
+
+def test_swatch_urls_we_did_not_issue_are_refused_and_nothing_is_written(service, service_engine):
+    with service.client() as client:
+        cases = _ssrf_cases(service, client)
+        before = _rows(service_engine)
+        for case, url in cases:
+            response = client.post("/generate", json={**NAVY, "cuts": ["recto"], "swatch_url": url})
+            assert response.status_code == 422, (case, response.text)
+            detail = response.json()["detail"]
+            assert "issued by this service" in detail or "expired" in detail or "does not exist" in detail, (case, detail)
+        assert _rows(service_engine) == before
+        # The catalog's own swatch URLs are accepted.
+        catalog_swatch = client.get("/catalog").json()["families"][0]["colors"][1]["swatch_url"]
+        accepted = client.post("/generate", json={**NAVY, "cuts": ["recto"], "swatch_url": catalog_swatch})
+    assert accepted.status_code == 202

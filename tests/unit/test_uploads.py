@@ -1,0 +1,128 @@
+"""Upload validation: decoding decides, metadata goes, size caps hold while the body streams."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+import pytest
+from fastapi import FastAPI, HTTPException, Request
+from PIL import Image
+
+from serve_app.uploads import read_file_field, sanitize_image
+from tests.upload_files import (
+    SVG,
+    image_bytes,
+    jpeg_with_gps,
+    png_declaring,
+    png_zip_polyglot,
+    rotated_jpeg,
+    truncated_jpeg,
+)
+
+MAX_PIXELS = 25_000_000
+
+
+@pytest.mark.parametrize("fmt,ext,content_type", [("JPEG", "jpg", "image/jpeg"), ("PNG", "png", "image/png"),
+                                                  ("WEBP", "webp", "image/webp")])
+def test_accepted_formats_are_reencoded_in_kind(fmt, ext, content_type):
+    clean = sanitize_image(image_bytes(fmt), MAX_PIXELS)
+    assert (clean.extension, clean.content_type, clean.width, clean.height) == (ext, content_type, 64, 48)
+    with Image.open(io.BytesIO(clean.data)) as image:
+        assert image.format == fmt and image.size == (64, 48)
+
+
+def test_exif_and_gps_are_stripped_and_orientation_applied():
+    source = jpeg_with_gps()
+    assert b"PhoneMaker" in source
+    clean = sanitize_image(source, MAX_PIXELS)
+    assert b"Exif" not in clean.data and b"PhoneMaker" not in clean.data
+    with Image.open(io.BytesIO(clean.data)) as image:
+        assert not image.getexif() and not image.getexif().get_ifd(0x8825)
+    upright = sanitize_image(rotated_jpeg(), MAX_PIXELS)
+    assert (upright.width, upright.height) == (32, 64)
+
+
+@pytest.mark.parametrize("data,status,message", [
+    (b"", 422, "empty"),
+    (b"just some text, named swatch.png", 415, "not an image"),
+    (image_bytes("GIF"), 415, "unsupported image type GIF"),
+    (SVG, 415, "not an image"),
+    (truncated_jpeg(), 422, "truncated"),
+    (png_declaring(30000, 30000), 422, "too many pixels"),
+    (png_declaring(6000, 5000), 422, "too many pixels"),
+    (png_zip_polyglot(), 422, "polyglot"),
+    (image_bytes("JPEG") + b"<?php system($_GET['c']); ?>", 422, "polyglot"),
+])
+def test_refusals(data, status, message):
+    with pytest.raises(HTTPException) as refused:
+        sanitize_image(data, MAX_PIXELS)
+    assert refused.value.status_code == status
+    assert message in refused.value.detail
+
+
+def _app(limit: int) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict:
+        return {"size": len(await read_file_field(request, "file", limit))}
+
+    return app
+
+
+def _multipart(payload_size: int, chunk: int = 64 * 1024):
+    """A streamed multipart body (no Content-Length) and a counter of the bytes the server pulled."""
+    sent = {"bytes": 0}
+
+    async def body():
+        head = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+        sent["bytes"] += len(head)
+        yield head
+        for _ in range(payload_size // chunk):
+            sent["bytes"] += chunk
+            yield b"\x00" * chunk
+        yield b"\r\n--XyZ--\r\n"
+
+    return body(), sent
+
+
+def test_oversized_body_is_refused_while_streaming_not_after():
+    async def scenario() -> tuple[int, int]:
+        body, sent = _multipart(50 * 1024 * 1024)
+        transport = httpx.ASGITransport(app=_app(5 * 1024 * 1024))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post("/upload", content=body,
+                                         headers={"content-type": "multipart/form-data; boundary=XyZ"})
+        return response.status_code, sent["bytes"]
+
+    status, pulled = asyncio.run(scenario())
+    assert status == 413
+    assert pulled < 6 * 1024 * 1024  # stopped reading at the cap: 50 MB never reached the server
+
+
+def test_declared_oversized_body_is_refused_before_reading():
+    async def scenario():
+        transport = httpx.ASGITransport(app=_app(1024 * 1024))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/upload", content=b"x" * (3 * 1024 * 1024),
+                                     headers={"content-type": "multipart/form-data; boundary=XyZ"})
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 413 and "too large" in response.json()["detail"]
+
+
+def test_small_body_reads_only_the_file_field():
+    async def scenario():
+        transport = httpx.ASGITransport(app=_app(1024 * 1024))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            ok = await client.post("/upload", files={"file": ("a.png", b"12345", "image/png")}, data={"note": "x" * 100})
+            wrong_field = await client.post("/upload", files={"image": ("a.png", b"12345", "image/png")})
+            not_multipart = await client.post("/upload", json={"file": "x"})
+        return ok, wrong_field, not_multipart
+
+    ok, wrong_field, not_multipart = asyncio.run(scenario())
+    assert ok.status_code == 200 and ok.json() == {"size": 5}
+    assert wrong_field.status_code == 422 and "'file'" in wrong_field.json()["detail"]
+    assert not_multipart.status_code == 415
