@@ -36,22 +36,92 @@ def create_job(
     swatch_key: str | None,
     max_attempts: int = 3,
     idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> GenerationJob:
-    """Insert a pending job and wake the runners when the transaction commits."""
+    """Insert a pending job and wake the runners when the transaction commits.
+
+    With an `idempotency_key` that is already taken the INSERT raises IntegrityError; the caller
+    looks the existing job up (`find_by_idempotency_key`) and compares `request_hash`.
+    """
     job = GenerationJob(
         job_id=str(uuid.uuid4()), status="pending", family_id=family_id, color_id=color_id, cuts=list(cuts),
         seed=seed, swatch_url=swatch_url, swatch_key=swatch_key, max_attempts=max_attempts,
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency_key, request_hash=request_hash,
         cut_progress={cut: {"status": "pending", "seed": seed + index} for index, cut in enumerate(cuts)},
     )
     session.add(job)
     session.flush()
-    session.execute(text("SELECT pg_notify(:channel, :job_id)"), {"channel": NOTIFY_CHANNEL, "job_id": job.job_id})
+    notify(session, job.job_id)
     return job
+
+
+def notify(session: Session, job_id: str) -> None:
+    """Wake the runners (delivered when the transaction commits; a poll covers a lost one)."""
+    session.execute(text("SELECT pg_notify(:channel, :job_id)"), {"channel": NOTIFY_CHANNEL, "job_id": job_id})
 
 
 def get_job(session: Session, job_id: str) -> GenerationJob | None:
     return session.scalars(select(GenerationJob).where(GenerationJob.job_id == job_id)).one_or_none()
+
+
+def find_by_idempotency_key(session: Session, key: str) -> GenerationJob | None:
+    return session.scalars(select(GenerationJob).where(GenerationJob.idempotency_key == key)).one_or_none()
+
+
+def backlog_at_least(session: Session, limit: int) -> bool:
+    """Whether `limit` or more jobs are pending; counts at most `limit` rows, so it stays cheap."""
+    due = select(GenerationJob.id).where(GenerationJob.status == "pending").limit(limit).subquery()
+    return session.scalar(select(func.count()).select_from(due)) >= limit
+
+
+def request_cancel(session: Session, job_id: str) -> str | None:
+    """Cancel a job: "canceled" (it was pending), "requested" (a runner stops it at the next cut
+    boundary), "final" (already finished: nothing to cancel), or None for an unknown job."""
+    done = session.execute(
+        update(GenerationJob).where(GenerationJob.job_id == job_id, GenerationJob.status == "pending")
+        .values(status="canceled", cancel_requested=True, completed_at=func.now(), updated_at=func.now())
+    )
+    if done.rowcount:
+        return "canceled"
+    flagged = session.execute(
+        update(GenerationJob).where(GenerationJob.job_id == job_id, GenerationJob.status == "processing")
+        .values(cancel_requested=True, updated_at=func.now())
+    )
+    if flagged.rowcount:
+        return "requested"
+    return "final" if get_job(session, job_id) is not None else None
+
+
+def cancel_requested(session: Session, job_id: str) -> bool:
+    return bool(session.scalar(select(GenerationJob.cancel_requested).where(GenerationJob.job_id == job_id)))
+
+
+def mark_canceled(session: Session, job_id: str, owner: str) -> bool:
+    result = session.execute(
+        update(GenerationJob)
+        .where(GenerationJob.job_id == job_id, GenerationJob.lease_owner == owner,
+               GenerationJob.status == "processing")
+        .values(status="canceled", completed_at=func.now(), updated_at=func.now(), lease_owner=None,
+                lease_expires_at=None)
+    )
+    return result.rowcount == 1
+
+
+def release_jobs(session: Session, owner: str, job_ids: list[str]) -> list[str]:
+    """Hand jobs back unfinished (graceful shutdown): pending again at once, the attempt not counted."""
+    if not job_ids:
+        return []
+    released = list(session.scalars(
+        update(GenerationJob)
+        .where(GenerationJob.job_id.in_(job_ids), GenerationJob.lease_owner == owner,
+               GenerationJob.status == "processing")
+        .values(status="pending", attempts=GenerationJob.attempts - 1, lease_owner=None, lease_expires_at=None,
+                next_attempt_at=func.now(), updated_at=func.now())
+        .returning(GenerationJob.job_id)
+    ))
+    for job_id in released:
+        notify(session, job_id)
+    return released
 
 
 def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float) -> list[GenerationJob]:
@@ -156,7 +226,3 @@ def release_expired_leases(session: Session, backoff_seconds: float = 2.0) -> li
         .returning(GenerationJob.job_id, GenerationJob.status)
     ).all()
     return [(job_id, status) for job_id, status in rows]
-
-
-def pending_count(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(GenerationJob).where(GenerationJob.status == "pending"))

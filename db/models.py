@@ -82,5 +82,6 @@ class GenerationJob(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     idempotency_key: Mapped[str | None] = mapped_column(String, unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String)  # fingerprint of the body sent with the key
     cut_progress: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict, server_default="{}")
     cancel_requested: Mapped[bool] = mapped_column(nullable=False, default=False, server_default="false")

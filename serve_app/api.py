@@ -7,6 +7,8 @@ Routes are plain FastAPI functions that reach the service's parts through one de
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import mimetypes
 import secrets
@@ -15,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Awaitable, Callable
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, status
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
@@ -68,7 +70,9 @@ def create_app(services: Services) -> FastAPI:
     )
     api.state.services = services
     api.include_router(router)
-    api.add_exception_handler(DBAPIError, database_unavailable)
+    api.add_exception_handler(OperationalError, database_unavailable)
+    api.add_exception_handler(InterfaceError, database_unavailable)
+    api.add_exception_handler(Exception, internal_error)
     api.add_middleware(
         CORSMiddleware, allow_origins=services.settings.cors_origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
         allow_headers=["*"],
@@ -85,8 +89,14 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 async def database_unavailable(request: Request, exc: DBAPIError) -> JSONResponse:
     """A lost database is the client's cue to retry, not a 500 with a traceback."""
-    logger.warning("database error on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
     return JSONResponse({"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "2"})
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Anything unexpected: logged with its traceback here, a plain JSON 500 for the client."""
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
 def _errors(*codes: int) -> dict:
@@ -165,15 +175,52 @@ async def upload_swatch(request: Request, services: ServicesDep) -> UploadOut:
     return UploadOut(swatch_url=url, expires_at=expires_at)
 
 
+def _fingerprint(body: GenerateRequest) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def _replay(job: GenerationJob, fingerprint: str) -> JSONResponse:
+    """The answer to a repeated Idempotency-Key: the same job, or 409 if the body differs."""
+    if job.request_hash != fingerprint:
+        raise HTTPException(409, "this Idempotency-Key was already used with a different request body")
+    accepted = GenerateAccepted(job_id=job.job_id, status=job.status, seed=job.seed, status_url=f"/jobs/{job.job_id}")
+    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Idempotent-Replayed": "true"})
+
+
 @router.post("/generate", status_code=status.HTTP_202_ACCEPTED, response_model=GenerateAccepted, tags=["jobs"],
-          responses=_errors(422, 503))
-def create_generation(body: GenerateRequest, services: ServicesDep) -> GenerateAccepted:
+             responses={**_errors(409, 422, 503),
+                        429: {"model": ErrorBody, "description": "backlog full; retry after `Retry-After` seconds"}})
+def create_generation(
+    body: GenerateRequest,
+    services: ServicesDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255, description="retries with the same key and "
+                                                  "body return the same job")] = None,
+):
     """Validate against the catalog and queue one job; returns at once with the job id to poll."""
     unknown = [cut for cut in body.cuts if services.catalog.cut(cut) is None]
     if unknown:
         known = ", ".join(c.cut_id for c in services.catalog.cuts)
         raise HTTPException(422, f"unknown cut(s): {', '.join(unknown)}; known cuts: {known}")
+    fingerprint = _fingerprint(body)
+    try:
+        return _create(body, services, idempotency_key, fingerprint)
+    except IntegrityError:
+        # A concurrent request with the same key won the race; answer as its replay.
+        with services.sessions() as session:
+            job = jobs.find_by_idempotency_key(session, idempotency_key)
+        if job is None:
+            raise
+        return _replay(job, fingerprint)
+
+
+def _create(body: GenerateRequest, services: Services, idempotency_key: str | None, fingerprint: str):
     with services.sessions.begin() as session:
+        if idempotency_key:
+            existing = jobs.find_by_idempotency_key(session, idempotency_key)
+            if existing is not None:
+                return _replay(existing, fingerprint)
+        if jobs.backlog_at_least(session, services.settings.max_pending_jobs):
+            raise HTTPException(429, "too many jobs waiting; retry shortly", headers={"Retry-After": "5"})
         family, color = find_active_color(session, body.family_id, body.color_id)
         if family is None:
             raise HTTPException(422, f"unknown or inactive fabric family: {body.family_id}")
@@ -189,6 +236,7 @@ def create_generation(body: GenerateRequest, services: ServicesDep) -> GenerateA
         job = jobs.create_job(
             session, family_id=family.family_id, color_id=color.color_id, cuts=body.cuts, seed=seed,
             swatch_url=body.swatch_url, swatch_key=swatch_key, max_attempts=services.settings.job_max_attempts,
+            idempotency_key=idempotency_key, request_hash=fingerprint if idempotency_key else None,
         )
     return GenerateAccepted(job_id=job.job_id, status=job.status, seed=seed, status_url=f"/jobs/{job.job_id}")
 
@@ -219,6 +267,21 @@ def get_job(job_id: str, services: ServicesDep) -> JobOut:
         job = jobs.get_job(session, job_id)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
+    return job_out(job, services.storage)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"], responses=_errors(404, 409, 503))
+def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
+    """Cancel a job: a pending one at once; a processing one stops at its next cut boundary
+    (the response then still says `processing`, poll for `canceled`); a finished one answers 409."""
+    with services.sessions.begin() as session:
+        outcome = jobs.request_cancel(session, job_id)
+    if outcome is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    with services.sessions() as session:
+        job = jobs.get_job(session, job_id)
+    if outcome == "final":
+        raise HTTPException(409, f"job {job_id} is already {job.status}")
     return job_out(job, services.storage)
 
 

@@ -61,6 +61,7 @@ class Ingress:
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=8,
     num_replicas=1,
+    graceful_shutdown_timeout_s=30,
 )
 class JobRunnerDeployment:
     """Runs the claim loop in the replica's event loop from construction until shutdown.
@@ -76,8 +77,10 @@ class JobRunnerDeployment:
             make_sessionmaker(make_engine(database_url)), database_url, load_catalog(), renderer,
             concurrency=config.runner_concurrency, lease_seconds=config.lease_seconds,
             poll_seconds=config.poll_seconds, storage=open_storage(storage),
-            upload_ttl_seconds=config.upload_ttl_hours * 3600,
+            upload_ttl_seconds=config.upload_ttl_hours * 3600, cut_attempts=config.cut_attempts,
+            cut_retry_seconds=config.cut_retry_seconds,
         )
+        self.grace_seconds = config.shutdown_grace_seconds
         self.task = asyncio.get_running_loop().create_task(self.runner.run_forever())
 
     def status(self) -> dict:
@@ -88,4 +91,5 @@ class JobRunnerDeployment:
             raise RuntimeError(f"runner loop stopped: {self.task.exception()!r}")
 
     async def __del__(self) -> None:
-        self.runner.stop()
+        """Serve calls this on scale-down or redeploy (SIGTERM): finish or release the jobs in hand."""
+        await self.runner.shutdown(self.task, self.grace_seconds)

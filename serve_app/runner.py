@@ -21,6 +21,7 @@ from typing import Protocol
 
 import psycopg
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
@@ -32,6 +33,7 @@ from deployments.storage import UPLOAD_PREFIX, Storage
 logger = logging.getLogger("sastre.runner")
 
 SWEEP_INTERVAL_SECONDS = 600
+DB_ATTEMPTS = 10  # backoff 0.2 s doubling to 5 s: about 30 s in all
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,14 @@ class CutTask:
     swatch_key: str | None
     seed: int
     result_key: str
+
+
+class JobCanceled(Exception):
+    """The client canceled the job; raised at a cut boundary."""
+
+
+class CutFailed(Exception):
+    """A cut kept failing after its retries."""
 
 
 class CutRenderer(Protocol):
@@ -74,6 +84,8 @@ class JobRunner:
         poll_seconds: float = 2.0,
         storage: Storage | None = None,
         upload_ttl_seconds: float = 24 * 3600,
+        cut_attempts: int = 3,
+        cut_retry_seconds: float = 1.0,
     ) -> None:
         self.sessions = sessions
         self.database_url = libpq_url(database_url)
@@ -82,6 +94,8 @@ class JobRunner:
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
+        self.cut_attempts = cut_attempts
+        self.cut_retry_seconds = cut_retry_seconds
         self.storage = storage
         self.upload_ttl_seconds = upload_ttl_seconds
         self._next_sweep = 0.0
@@ -92,6 +106,8 @@ class JobRunner:
 
     # -- the loop --------------------------------------------------------------------------------
     async def run_forever(self) -> None:
+        self._stopping = False
+        self._wake = asyncio.Event()  # bound to this loop
         listener = asyncio.create_task(self._listen())
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
@@ -115,6 +131,29 @@ class JobRunner:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+
+    async def shutdown(self, loop_task: asyncio.Task, grace_seconds: float) -> list[str]:
+        """Graceful stop: finish the jobs in hand within `grace_seconds`, release the rest.
+
+        Released jobs go straight back to pending (their attempt not counted) for another runner.
+        """
+        self.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(loop_task), timeout=grace_seconds)
+            return []
+        except asyncio.TimeoutError:
+            unfinished = list(self.active)
+            for task in list(self.active.values()):
+                task.cancel()
+            await asyncio.gather(*self.active.values(), return_exceptions=True)
+            released = await self._db(self._release, unfinished)
+            loop_task.cancel()
+            logger.warning("shutdown: released %d unfinished jobs: %s", len(released), released)
+            return released
+
+    def _release(self, job_ids: list[str]) -> list[str]:
+        with self.sessions.begin() as session:
+            return jobs.release_jobs(session, self.owner, job_ids)
 
     async def claim_and_start(self) -> list[str]:
         capacity = self.concurrency - len(self.active)
@@ -177,7 +216,8 @@ class JobRunner:
             return jobs.renew_leases(session, self.owner, job_ids, self.lease_seconds)
 
     # -- one job -----------------------------------------------------------------------------------
-    def _plan(self, job_id: str) -> list[CutTask]:
+    def _plan(self, job_id: str) -> tuple[list[CutTask], dict[str, dict]]:
+        """The job's cuts as tasks, and the progress entries of cuts an earlier attempt already finished."""
         with self.sessions.begin() as session:
             job = jobs.get_job(session, job_id)
             family = session.scalars(select(FabricFamily).where(FabricFamily.family_id == job.family_id)).one_or_none()
@@ -198,38 +238,76 @@ class JobRunner:
                     template_png=spec.template_png(), swatch_key=job.swatch_key, seed=job.seed + index,
                     result_key=result_key(job, cut),
                 ))
-            return tasks
+            done = {cut: entry for cut, entry in job.cut_progress.items()
+                    if entry.get("status") == "completed" and entry.get("key")}
+            return tasks, done
+
+    async def _db(self, fn, *args):
+        """Run a blocking database call off the loop, riding out a database restart of up to ~30 s."""
+        delay = 0.2
+        for attempt in range(DB_ATTEMPTS):
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except (OperationalError, InterfaceError) as exc:
+                if attempt == DB_ATTEMPTS - 1:
+                    raise
+                logger.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _record(self, job_id: str, cut: str, entry: dict) -> None:
         with self.sessions.begin() as session:
             jobs.record_cut(session, job_id, self.owner, cut, entry)
 
+    def _cancel_requested(self, job_id: str) -> bool:
+        with self.sessions() as session:
+            return jobs.cancel_requested(session, job_id)
+
     async def process(self, job_id: str) -> None:
         try:
-            tasks = await asyncio.to_thread(self._plan, job_id)
-            results = await asyncio.gather(*(self._run_cut(task) for task in tasks))
-        except asyncio.CancelledError:
-            raise
+            tasks, done = await self._db(self._plan, job_id)
+            async with asyncio.TaskGroup() as group:
+                running = {t.cut: group.create_task(self._run_cut(t)) for t in tasks if t.cut not in done}
+            results = {**done, **{cut: task.result() for cut, task in running.items()}}
+            if await self._db(self._cancel_requested, job_id):
+                raise JobCanceled()
         except Exception as exc:
-            logger.exception("job %s failed", job_id)
-            await asyncio.to_thread(self._fail, job_id, f"{type(exc).__name__}: {exc}")
+            errors = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
+            if any(isinstance(error, JobCanceled) for error in errors):
+                await self._db(self._finish, jobs.mark_canceled, job_id)
+                logger.info("job %s canceled", job_id)
+                return
+            first = errors[0]
+            logger.error("job %s failed: %s: %s", job_id, type(first).__name__, first)
+            await self._db(self._finish, jobs.fail_job, job_id, f"{type(first).__name__}: {first}")
             return
-        await asyncio.to_thread(self._complete, job_id, [r["url"] for r in results])
-        logger.info("job %s completed (%d cuts)", job_id, len(results))
+        await self._db(self._finish, jobs.complete_job, job_id, [results[t.cut]["url"] for t in tasks])
+        logger.info("job %s completed (%d cuts, %d reused from an earlier attempt)", job_id, len(tasks), len(done))
 
     async def _run_cut(self, task: CutTask) -> dict:
-        await asyncio.to_thread(self._record, task.job_id, task.cut, {"status": "processing", "seed": task.seed})
-        result = await self.renderer.render(task)
+        """One cut, retried with backoff; the cancel flag is checked at every cut boundary."""
+        for attempt in range(1, self.cut_attempts + 1):
+            if await self._db(self._cancel_requested, task.job_id):
+                raise JobCanceled()
+            await self._db(self._record, task.job_id, task.cut,
+                           {"status": "processing", "seed": task.seed, "attempt": attempt})
+            try:
+                result = await self.renderer.render(task)
+                break
+            except Exception as exc:
+                if attempt == self.cut_attempts:
+                    raise CutFailed(f"cut {task.cut} failed {attempt} times; last error: "
+                                    f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+                delay = self.cut_retry_seconds * 2 ** (attempt - 1)
+                logger.warning("job %s cut %s attempt %d failed (%s); retrying in %.1f s",
+                               task.job_id, task.cut, attempt, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
         entry = {"status": "completed", "seed": task.seed, "url": result["url"], "key": result["key"],
-                 "ip_adapter_fallback": result["ip_adapter_fallback"],
+                 "ip_adapter_fallback": result["ip_adapter_fallback"], "attempt": attempt,
                  "finished_at": datetime.now(timezone.utc).isoformat()}
-        await asyncio.to_thread(self._record, task.job_id, task.cut, entry)
-        return result
+        await self._db(self._record, task.job_id, task.cut, entry)
+        return entry
 
-    def _complete(self, job_id: str, urls: list[str]) -> None:
+    def _finish(self, operation, job_id: str, *args) -> None:
         with self.sessions.begin() as session:
-            jobs.complete_job(session, job_id, self.owner, urls)
-
-    def _fail(self, job_id: str, error: str) -> None:
-        with self.sessions.begin() as session:
-            jobs.fail_job(session, job_id, self.owner, error)
+            operation(session, job_id, self.owner, *args)

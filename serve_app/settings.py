@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_seconds: float = Field(default=2.0, gt=0)
     runner_concurrency: int = Field(default=16, ge=1, description="jobs one runner works on at once")
+    cut_attempts: int = Field(default=4, ge=1, description="tries per cut before the job fails")
+    cut_retry_seconds: float = Field(default=1.0, ge=0, description="first retry delay; doubles each time")
+    max_pending_jobs: int = Field(default=1000, ge=1, description="backlog above which POST /generate answers 429")
+    shutdown_grace_seconds: float = Field(default=15.0, ge=0, description="runner: finish jobs in hand, then release")
 
     @property
     def media_base_url(self) -> str:

@@ -140,3 +140,67 @@ def test_renew_keeps_only_owned_leases(sessions):
     with sessions() as s:
         left = s.scalar(text("SELECT extract(epoch FROM lease_expires_at - now()) FROM generation_jobs WHERE job_id = :j"), {"j": a})
     assert left > 50
+
+
+def test_cancel_pending_processing_and_final(sessions):
+    pending, processing, done = _create(sessions, 3)
+    with sessions.begin() as s:
+        jobs.claim_jobs(s, "o", 3, 30)
+        s.execute(update(GenerationJob).where(GenerationJob.job_id == pending)
+                  .values(status="pending", lease_owner=None))
+        jobs.complete_job(s, done, "o", ["u"])
+    with sessions.begin() as s:
+        assert jobs.request_cancel(s, pending) == "canceled"
+        assert jobs.request_cancel(s, processing) == "requested"
+        assert jobs.request_cancel(s, done) == "final"
+        assert jobs.request_cancel(s, "no-such-job") is None
+    with sessions() as s:
+        assert jobs.get_job(s, pending).status == "canceled"
+        assert jobs.get_job(s, processing).status == "processing" and jobs.cancel_requested(s, processing)
+    with sessions.begin() as s:
+        assert not jobs.mark_canceled(s, processing, "someone-else")
+        assert jobs.mark_canceled(s, processing, "o")
+    with sessions() as s:
+        assert jobs.get_job(s, processing).status == "canceled"
+
+
+def test_release_returns_jobs_without_spending_an_attempt(sessions, database_url):
+    import psycopg
+
+    a, b = _create(sessions, 2)
+    with sessions.begin() as s:
+        jobs.claim_jobs(s, "leaving", 1, 30)
+        jobs.claim_jobs(s, "staying", 1, 30)
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {jobs.NOTIFY_CHANNEL}")
+        with sessions.begin() as s:
+            assert jobs.release_jobs(s, "leaving", [a, b]) == [a]
+        assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == [a]
+    with sessions() as s:
+        released, kept = jobs.get_job(s, a), jobs.get_job(s, b)
+    assert (released.status, released.attempts, released.lease_owner) == ("pending", 0, None)
+    assert (kept.status, kept.lease_owner) == ("processing", "staying")
+
+
+def test_backlog_check_counts_only_pending(sessions):
+    ids = _create(sessions, 3)
+    with sessions.begin() as s:
+        assert jobs.backlog_at_least(s, 3) and not jobs.backlog_at_least(s, 4)
+        jobs.claim_jobs(s, "o", 1, 30)
+    with sessions.begin() as s:
+        assert not jobs.backlog_at_least(s, 3) and jobs.backlog_at_least(s, 2)
+    assert len(ids) == 3
+
+
+def test_idempotency_key_is_unique(sessions):
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    with sessions.begin() as s:
+        job = jobs.create_job(s, family_id="f", color_id="c", cuts=["recto"], seed=1, swatch_url=None,
+                              swatch_key=None, idempotency_key="k-1", request_hash="h")
+    with sessions() as s:
+        assert jobs.find_by_idempotency_key(s, "k-1").job_id == job.job_id
+    with pytest.raises(IntegrityError), sessions.begin() as s:
+        jobs.create_job(s, family_id="f", color_id="c", cuts=["recto"], seed=1, swatch_url=None,
+                        swatch_key=None, idempotency_key="k-1", request_hash="h")

@@ -95,3 +95,113 @@ def test_job_for_a_removed_color_fails_with_a_clear_error(runner, sessions):
         job = jobs.get_job(s, job_id)
     assert job.status == "failed"
     assert "no longer in the catalog" in job.error_message
+
+
+class Flaky:
+    """Wraps a renderer: fails the first `failures[cut]` calls for a cut, counts every call."""
+
+    def __init__(self, inner, failures: dict[str, int] | None = None, delay: float = 0.0) -> None:
+        self.inner, self.failures, self.delay = inner, dict(failures or {}), delay
+        self.calls: dict[str, int] = {}
+
+    async def render(self, task):
+        self.calls[task.cut] = self.calls.get(task.cut, 0) + 1
+        await asyncio.sleep(self.delay)
+        if self.failures.get(task.cut, 0) > 0:
+            self.failures[task.cut] -= 1
+            raise RuntimeError(f"replica died rendering {task.cut}")
+        return await self.inner.render(task)
+
+
+def test_a_failing_cut_is_retried_and_the_others_are_not_redone(runner, sessions):
+    runner, _ = runner
+    runner.renderer = flaky = Flaky(runner.renderer, {"cruzado": 2})
+    runner.cut_retry_seconds = 0.01
+    job_id = _create(sessions, ["recto", "cruzado"])
+    asyncio.run(_drain(runner, sessions, [job_id]))
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    assert job.status == "completed"
+    assert flaky.calls == {"recto": 1, "cruzado": 3}
+    assert job.cut_progress["cruzado"]["attempt"] == 3
+
+
+def test_a_cut_that_keeps_failing_fails_the_job_with_the_reason(runner, sessions):
+    runner, _ = runner
+    runner.renderer = Flaky(runner.renderer, {"recto": 99})
+    runner.cut_retry_seconds, runner.cut_attempts = 0.01, 3
+    job_id = _create(sessions, ["recto"])
+    asyncio.run(_drain(runner, sessions, [job_id]))
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    assert job.status == "failed"
+    assert "cut recto failed 3 times" in job.error_message and "replica died" in job.error_message
+
+
+def test_a_rerun_after_a_crash_keeps_finished_cuts_and_their_objects(runner, sessions):
+    runner, storage = runner
+    job_id = _create(sessions, ["recto", "cruzado"])
+    asyncio.run(_drain(runner, sessions, [job_id]))
+    with sessions.begin() as s:  # as if the runner died after finishing recto only: back to pending
+        job = jobs.get_job(s, job_id)
+        progress = dict(job.cut_progress)
+        progress["cruzado"] = {"status": "processing", "seed": 8}
+        job.cut_progress, job.status, job.result_urls = progress, "pending", None
+    runner.renderer = flaky = Flaky(runner.renderer)
+    asyncio.run(_drain(runner, sessions, [job_id]))
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    assert job.status == "completed" and flaky.calls == {"cruzado": 1}
+    assert job.attempts == 2
+    keys = sorted(p.name for p in (storage.root / f"generated/lana-fria/lana-fria-azul-marino/{job_id}").iterdir())
+    assert keys == ["cruzado.jpg", "recto.jpg"]  # the same keys, overwritten, never duplicated
+
+
+def test_cancel_stops_a_processing_job_at_a_cut_boundary(runner, sessions):
+    runner, _ = runner
+    runner.renderer = Flaky(runner.renderer, {"recto": 1}, delay=0.3)
+    runner.cut_retry_seconds = 0.5
+    job_id = _create(sessions, ["recto"])
+
+    async def scenario():
+        loop = asyncio.create_task(runner.run_forever())
+        while True:
+            with sessions() as s:
+                if jobs.get_job(s, job_id).status == "processing":
+                    break
+            await asyncio.sleep(0.02)
+        with sessions.begin() as s:
+            assert jobs.request_cancel(s, job_id) == "requested"
+        await _drain(runner, sessions, [job_id])
+        await loop
+
+    async def _drain(runner, sessions, ids):
+        async with asyncio.timeout(30):
+            while True:
+                with sessions() as s:
+                    if jobs.get_job(s, ids[0]).status in ("canceled", "completed", "failed"):
+                        runner.stop()
+                        return
+                await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    assert job.status == "canceled" and job.result_urls is None and job.lease_owner is None
+
+
+def test_shutdown_releases_jobs_it_cannot_finish_in_time(runner, sessions):
+    runner, _ = runner
+    runner.renderer = Flaky(runner.renderer, delay=30)
+    job_id = _create(sessions, ["recto"])
+
+    async def scenario():
+        loop = asyncio.create_task(runner.run_forever())
+        while not runner.active:
+            await asyncio.sleep(0.02)
+        return await runner.shutdown(loop, grace_seconds=0.5)
+
+    assert asyncio.run(scenario()) == [job_id]
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    assert (job.status, job.attempts, job.lease_owner) == ("pending", 0, None)
