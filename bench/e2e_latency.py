@@ -98,10 +98,11 @@ def main() -> None:
                 "image_size": args.size, "poll_seconds": 0.5}
 
     baseline_job = in_process_two_cuts(args.size, args.jobs)
-    with serve(workdir, settings, import_path="bench.trivial_app:app", ready_path="/livez") as (_, trivial_start):
-        pass
-    with serve(workdir, settings) as (base_url, startup):
-        with httpx.Client(base_url=base_url, timeout=60) as client:
+    with serve(workdir, settings, import_path="bench.trivial_app:app", ready_path="/livez") as trivial:
+        trivial_start = trivial.startup_seconds
+    with serve(workdir, settings) as launched:
+        startup = launched.startup_seconds
+        with httpx.Client(base_url=launched.base_url, timeout=60) as client:
             jobs = job_latencies(client, args.jobs)
             live = request_latencies(client, "GET", "/livez", args.posts)
             posts = request_latencies(client, "POST", "/generate", args.posts, {**NAVY, "cuts": ["recto"]})

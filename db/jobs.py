@@ -202,12 +202,15 @@ def fail_job(session: Session, job_id: str, owner: str, error: str) -> bool:
     return result.rowcount == 1
 
 
-def release_expired_leases(session: Session, backoff_seconds: float = 2.0) -> list[tuple[str, str]]:
+def release_expired_leases(session: Session, backoff_seconds: float = 2.0,
+                           exclude_owner: str | None = None) -> list[tuple[str, str]]:
     """The rescuer: jobs whose lease ran out go back to pending (exponential backoff) or fail when spent.
 
-    Returns (job_id, new status) for each job it moved.
+    Returns (job_id, new status) for each job it moved. `exclude_owner` spares the caller's own jobs.
     """
-    expired = GenerationJob.status == "processing", GenerationJob.lease_expires_at < func.now()
+    expired = [GenerationJob.status == "processing", GenerationJob.lease_expires_at < func.now()]
+    if exclude_owner is not None:
+        expired.append(GenerationJob.lease_owner != exclude_owner)
     spent = GenerationJob.attempts >= GenerationJob.max_attempts
     rows = session.execute(
         update(GenerationJob)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -29,10 +30,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Launched:
+    base_url: str
+    startup_seconds: float
+    pid: int  # the `serve_app.cli run` process; it leads the session every Ray process of the run is in
+
+    def processes(self, title: str) -> list[int]:
+        """PIDs of this run's processes whose command line contains `title` (e.g. a replica's name)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.getsid(int(entry.name)) != self.pid:
+                    continue
+                if title in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except (OSError, ProcessLookupError):
+                continue
+        return found
+
+
 @contextmanager
 def serve(workdir: Path, args: dict, import_path: str = "serve_app.app:build_app",
-          ready_path: str = "/health", startup_timeout: float = 240) -> Iterator[tuple[str, float]]:
-    """Yield (base_url, seconds from launch to the first 200 on `ready_path`); stop it on exit.
+          ready_path: str = "/health", startup_timeout: float = 240) -> Iterator[Launched]:
+    """Start the app, wait for the first 200 on `ready_path`, yield where it is; stop it on exit.
 
     `args` are application settings (they also go to the child's environment as SASTRE_*); an
     `import_path` other than the app's runs that app instead, with default deployment options.
@@ -68,7 +91,7 @@ def serve(workdir: Path, args: dict, import_path: str = "serve_app.app:build_app
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        yield base_url, time.perf_counter() - started
+        yield Launched(base_url, time.perf_counter() - started, process.pid)
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
@@ -101,6 +102,10 @@ class JobRunner:
         self._next_sweep = 0.0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.active: dict[str, asyncio.Task] = {}
+        # Database calls block, so they run on threads: one pool sized for the jobs in hand, and one
+        # thread of its own for lease renewals, which must never queue behind job work.
+        self._db_threads = ThreadPoolExecutor(concurrency + 4, thread_name_prefix="runner-db")
+        self._lease_thread = ThreadPoolExecutor(1, thread_name_prefix="runner-lease")
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -113,7 +118,7 @@ class JobRunner:
         try:
             while not self._stopping:
                 try:
-                    await asyncio.to_thread(self._housekeeping)
+                    await self._in(self._db_threads, self._housekeeping)
                     await self.claim_and_start()
                 except Exception:  # the database may be briefly away; the loop must outlive it
                     logger.exception("runner tick failed; retrying after the poll interval")
@@ -159,7 +164,7 @@ class JobRunner:
         capacity = self.concurrency - len(self.active)
         if capacity <= 0:
             return []
-        claimed = await asyncio.to_thread(self._claim, capacity)
+        claimed = await self._in(self._db_threads, self._claim, capacity)
         for job_id in claimed:
             task = asyncio.create_task(self.process(job_id))
             self.active[job_id] = task
@@ -177,7 +182,8 @@ class JobRunner:
     def _housekeeping(self) -> None:
         """Every tick: re-queue jobs whose runner died. Every few minutes: expire old uploads."""
         with self.sessions.begin() as session:
-            for job_id, status in jobs.release_expired_leases(session):
+            # Our own jobs are renewed by our heartbeat: a late renewal must not make us rescue ourselves.
+            for job_id, status in jobs.release_expired_leases(session, exclude_owner=self.owner):
                 logger.warning("job %s lost its runner's lease; now %s", job_id, status)
         if self.storage is not None and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
@@ -202,14 +208,17 @@ class JobRunner:
     async def _heartbeat(self) -> None:
         while True:  # cancelled by run_forever once the last job is done
             await asyncio.sleep(self.lease_seconds / 3)
+            asked = list(self.active)
             try:
-                held = await asyncio.to_thread(self._renew, list(self.active))
+                held = await self._in(self._lease_thread, self._renew, asked)
             except Exception as exc:
                 logger.warning("lease renewal failed: %s", exc)
                 continue
-            for job_id in set(self.active) - held:
-                logger.warning("job %s: lease lost to another runner; abandoning it", job_id)
-                self.active[job_id].cancel()
+            # Only jobs we asked about can be lost; jobs claimed meanwhile have fresh leases.
+            for job_id in set(asked) - held:
+                if job_id in self.active:
+                    logger.warning("job %s: lease lost to another runner; abandoning it", job_id)
+                    self.active[job_id].cancel()
 
     def _renew(self, job_ids: list[str]) -> set[str]:
         with self.sessions.begin() as session:
@@ -242,12 +251,16 @@ class JobRunner:
                     if entry.get("status") == "completed" and entry.get("key")}
             return tasks, done
 
+    @staticmethod
+    async def _in(pool: ThreadPoolExecutor, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
     async def _db(self, fn, *args):
         """Run a blocking database call off the loop, riding out a database restart of up to ~30 s."""
         delay = 0.2
         for attempt in range(DB_ATTEMPTS):
             try:
-                return await asyncio.to_thread(fn, *args)
+                return await self._in(self._db_threads, fn, *args)
             except (OperationalError, InterfaceError) as exc:
                 if attempt == DB_ATTEMPTS - 1:
                     raise

@@ -56,5 +56,5 @@ def service(service_database_url: str, tmp_path_factory: pytest.TempPathFactory)
     root = tmp_path_factory.mktemp("service")
     settings = {"database_url": service_database_url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
                 "image_size": IMAGE_SIZE, "poll_seconds": 0.5}
-    with serve(root, settings) as (base_url, _):
-        yield Service(base_url, root / "data")
+    with serve(root, settings) as launched:
+        yield Service(launched.base_url, root / "data")

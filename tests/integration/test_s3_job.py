@@ -32,8 +32,8 @@ def _s3_service(database_url, s3_server, tmp_path_factory) -> Iterator[tuple[str
                 "image_size": IMAGE_SIZE, "poll_seconds": 0.5, "storage_backend": "s3", "s3_bucket": bucket,
                 "s3_endpoint_url": s3_server.endpoint_url, "s3_region": "us-east-1",
                 "s3_access_key_id": "testing", "s3_secret_access_key": "testing"}
-    with serve(root, settings) as (base_url, _):
-        yield base_url, bucket
+    with serve(root, settings) as launched:
+        yield launched.base_url, bucket
 
 
 def test_upload_job_and_results_live_in_the_bucket(s3_service, s3_server):

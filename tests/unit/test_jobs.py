@@ -204,3 +204,15 @@ def test_idempotency_key_is_unique(sessions):
     with pytest.raises(IntegrityError), sessions.begin() as s:
         jobs.create_job(s, family_id="f", color_id="c", cuts=["recto"], seed=1, swatch_url=None,
                         swatch_key=None, idempotency_key="k-1", request_hash="h")
+
+
+def test_rescuer_spares_the_callers_own_jobs(sessions):
+    mine, theirs = _create(sessions, 2)
+    with sessions.begin() as s:
+        jobs.claim_jobs(s, "me", 1, 30)
+        jobs.claim_jobs(s, "dead", 1, 30)
+        s.execute(update(GenerationJob).values(lease_expires_at=text("now() - interval '1 second'")))
+    with sessions.begin() as s:
+        assert jobs.release_expired_leases(s, exclude_owner="me") == [(theirs, "pending")]
+    with sessions() as s:
+        assert jobs.get_job(s, mine).status == "processing"

@@ -205,3 +205,16 @@ def test_shutdown_releases_jobs_it_cannot_finish_in_time(runner, sessions):
     with sessions() as s:
         job = jobs.get_job(s, job_id)
     assert (job.status, job.attempts, job.lease_owner) == ("pending", 0, None)
+
+
+def test_heartbeats_never_abandon_jobs_claimed_between_renewals(runner, sessions):
+    """Renewals every 0.1 s while jobs start and finish all the time: every job runs exactly once."""
+    runner, _ = runner
+    runner.lease_seconds = 0.3
+    runner.renderer = flaky = Flaky(runner.renderer, delay=0.15)
+    ids = [_create(sessions, ["recto"]) for _ in range(8)]
+    asyncio.run(_drain(runner, sessions, ids))
+    with sessions() as s:
+        finals = [jobs.get_job(s, j) for j in ids]
+    assert [(j.status, j.attempts) for j in finals] == [("completed", 1)] * 8
+    assert flaky.calls == {"recto": 8}
