@@ -218,3 +218,31 @@ def test_heartbeats_never_abandon_jobs_claimed_between_renewals(runner, sessions
         finals = [jobs.get_job(s, j) for j in ids]
     assert [(j.status, j.attempts) for j in finals] == [("completed", 1)] * 8
     assert flaky.calls == {"recto": 8}
+
+
+def test_notify_wakes_an_idle_runner_long_before_its_poll(runner, sessions):
+    runner, _ = runner
+    runner.poll_seconds = 30  # the fallback poll cannot be what picks the job up
+
+    async def scenario():
+        loop = asyncio.create_task(runner.run_forever())
+        await asyncio.sleep(1.0)  # idle, LISTENing
+        job_id = await asyncio.to_thread(_create, sessions, ["recto"])
+        await _drain_running(job_id)
+        runner.stop()
+        await loop
+        return job_id
+
+    async def _drain_running(job_id):
+        async with asyncio.timeout(20):
+            while True:
+                with sessions() as s:
+                    if jobs.get_job(s, job_id).status == "completed":
+                        return
+                await asyncio.sleep(0.05)
+
+    job_id = asyncio.run(scenario())
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    pickup = (job.started_at - job.created_at).total_seconds()
+    assert pickup < 0.25, f"picked up after {pickup:.3f} s"
