@@ -17,7 +17,7 @@ ifeq ($(ISOLATE),yes)
 IN_LOOPBACK_NETNS := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 endif
 
-.PHONY: install run test bench stop-db clean
+.PHONY: install run test bench bench-api stop-db clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: install
 
 bench: install
 	$(IN_LOOPBACK_NETNS) $(PY) bench/e2e_latency.py $(BENCH_ARGS)
+
+bench-api: install
+	$(IN_LOOPBACK_NETNS) $(PY) bench/api_load.py $(BENCH_ARGS)
 
 stop-db: install
 	$(PY) -m serve_app.cli stop-db

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, selectinload
 
 from catalog.data import CatalogData
@@ -62,13 +62,11 @@ def active_families(session: Session) -> list[FabricFamily]:
 
 
 def find_active_color(session: Session, family_id: str, color_id: str) -> tuple[FabricFamily | None, Color | None]:
-    """The family (if active) and the color (if active and in that family)."""
-    family = session.scalars(
-        select(FabricFamily).where(FabricFamily.family_id == family_id, FabricFamily.status == "active")
+    """The family (if active) and the color (if active and in that family), in one round trip."""
+    row = session.execute(
+        select(FabricFamily, Color)
+        .outerjoin(Color, and_(Color.fabric_family_id == FabricFamily.id, Color.color_id == color_id,
+                               Color.status == "active"))
+        .where(FabricFamily.family_id == family_id, FabricFamily.status == "active")
     ).one_or_none()
-    if family is None:
-        return None, None
-    color = session.scalars(
-        select(Color).where(Color.color_id == color_id, Color.fabric_family_id == family.id, Color.status == "active")
-    ).one_or_none()
-    return family, color
+    return (row[0], row[1]) if row else (None, None)

@@ -29,6 +29,7 @@ from catalog.loader import active_families, color_swatch_key, find_active_color
 from db import jobs
 from db.models import GenerationJob
 from deployments.storage import UPLOAD_PREFIX, LocalStorage, Storage, StorageError
+from serve_app.backpressure import BacklogGate
 from serve_app.schemas import (
     CatalogOut,
     ColorOut,
@@ -55,6 +56,11 @@ class Services:
     catalog: CatalogData
     # name -> coroutine returning a description of that deployment's health (raises when unhealthy)
     deployment_checks: dict[str, Callable[[], Awaitable[dict]]] = field(default_factory=dict)
+    backlog: BacklogGate | None = None
+
+    def __post_init__(self) -> None:
+        if self.backlog is None:
+            self.backlog = BacklogGate(self.settings.max_pending_jobs)
 
 
 router = APIRouter()
@@ -219,7 +225,7 @@ def _create(body: GenerateRequest, services: Services, idempotency_key: str | No
             existing = jobs.find_by_idempotency_key(session, idempotency_key)
             if existing is not None:
                 return _replay(existing, fingerprint)
-        if jobs.backlog_at_least(session, services.settings.max_pending_jobs):
+        if services.backlog.is_full(session):
             raise HTTPException(429, "too many jobs waiting; retry shortly", headers={"Retry-After": "5"})
         family, color = find_active_color(session, body.family_id, body.color_id)
         if family is None:
@@ -260,14 +266,17 @@ def job_out(job: GenerationJob, storage: Storage) -> JobOut:
     )
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_errors(404, 503))
-def get_job(job_id: str, services: ServicesDep) -> JobOut:
-    """One job by its id: status, per-cut progress, seeds and, once completed, one URL per cut in order."""
+@router.get("/jobs/{job_id}", tags=["jobs"], responses={200: {"model": JobOut}, **_errors(404, 503)})
+def get_job(job_id: str, services: ServicesDep) -> JSONResponse:
+    """One job by its id: status, per-cut progress, seeds and, once completed, one URL per cut in order.
+
+    The hottest route (every front end polls it): one indexed lookup, serialized once.
+    """
     with services.sessions() as session:
         job = jobs.get_job(session, job_id)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
-    return job_out(job, services.storage)
+    return JSONResponse(job_out(job, services.storage).model_dump(mode="json"))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"], responses=_errors(404, 409, 503))

@@ -13,6 +13,7 @@ from db import jobs
 from db.engine import make_engine, make_sessionmaker
 from deployments.storage import LocalStorage
 from serve_app.api import Services, create_app
+from serve_app.backpressure import BacklogGate
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.settings import Settings
 
@@ -27,7 +28,8 @@ def api(sessions, tmp_path):
     storage = LocalStorage(tmp_path, "http://testserver/media")
     put_catalog_swatches(storage, catalog)
     settings = Settings(max_pending_jobs=3, data_dir=tmp_path)
-    return Services(settings=settings, sessions=sessions, storage=storage, catalog=catalog)
+    return Services(settings=settings, sessions=sessions, storage=storage, catalog=catalog,
+                    backlog=BacklogGate(settings.max_pending_jobs, ttl_seconds=0))
 
 
 def call(services: Services, method: str, path: str, **kwargs) -> httpx.Response:
@@ -103,3 +105,14 @@ def test_database_outage_is_a_json_503(api):
         assert response.json() == {"detail": "database unavailable, retry shortly"}
         assert response.headers["retry-after"] == "2"
     engine.dispose()
+
+
+def test_backlog_gate_rechecks_at_most_every_ttl(api, sessions):
+    gate = BacklogGate(limit=1, ttl_seconds=60)
+    with sessions() as s:
+        assert not gate.is_full(s)
+    call(api, "POST", "/generate", json=NAVY)
+    with sessions() as s:
+        assert not gate.is_full(s)  # cached for the TTL: no query per request
+        gate._checked_at -= 61
+        assert gate.is_full(s)

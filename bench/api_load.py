@@ -1,0 +1,143 @@
+"""API throughput and latency under concurrent clients, beside two baselines from the same run.
+
+For each server it drives `--clients` concurrent keep-alive clients for `--seconds` per route:
+  livez  GET /livez             (trivial route: the server's own floor)
+  poll   GET /jobs/{job_id}     (what every front end does every 2 s)
+  post   POST /generate         (one INSERT + NOTIFY per request)
+and prints requests/s, p50/p99 latency and errors, with ratios against:
+  - the trivial route through the same Ray Serve proxy (our routes should reach >= 0.8x of it);
+  - the same routes served by plain uvicorn against the same database.
+With `--haproxy` (needs Debian's haproxy), the service is also measured behind Ray Serve's HAProxy
+ingress (RAY_SERVE_ENABLE_HA_PROXY=1).
+
+Run: `make bench-api` (or `python bench/api_load.py --clients 30 --seconds 10`). Prints a table and
+one JSON line. The load generator shares the machine's cores with the server: on the 2-core dev VM
+absolute numbers are a floor, the ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+from serve_app.launcher import ROOT, free_port, serve
+
+NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+async def drive(base_url: str, route: str, clients: int, seconds: float, job_ids: list[str]) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(index: int) -> None:
+        nonlocal errors
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(base_url, connector=connector) as session:
+            n = 0
+            while time.perf_counter() < deadline:
+                n += 1
+                started = time.perf_counter()
+                try:
+                    if route == "livez":
+                        response = await session.get("/livez")
+                    elif route == "poll":
+                        response = await session.get(f"/jobs/{job_ids[(index + n) % len(job_ids)]}")
+                    else:
+                        response = await session.post("/generate", json=NAVY)
+                    await response.read()
+                    ok = response.status < 300
+                except aiohttp.ClientError:
+                    ok = False
+                latencies.append(time.perf_counter() - started)
+                errors += not ok
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
+    return {"rps": round(len(latencies) / elapsed, 1), "p50_ms": round(percentile(latencies, 0.5) * 1e3, 1),
+            "p99_ms": round(percentile(latencies, 0.99) * 1e3, 1), "requests": len(latencies), "errors": errors}
+
+
+def measure(base_url: str, clients: int, seconds: float) -> dict:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        job_ids = [client.post("/generate", json=NAVY).json()["job_id"] for _ in range(20)]
+    return {route: asyncio.run(drive(base_url, route, clients, seconds, job_ids)) for route in ("livez", "poll", "post")}
+
+
+@contextmanager
+def plain_uvicorn(env: dict):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "plain_app.py"), str(port)], env=env, cwd=ROOT)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--haproxy", action="store_true", help="also measure behind Ray Serve's HAProxy ingress")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="sastre-api-load-"))
+    database_url = os.environ.get("SASTRE_DATABASE_URL")
+    if not database_url:
+        import pgserver
+
+        database_url = pgserver.get_server(workdir / "pg", cleanup_mode="delete").get_uri()
+    settings = {"database_url": database_url, "data_dir": str(workdir / "data"), "model_profile": "tiny-random",
+                "image_size": 64, "max_pending_jobs": 10_000_000, "runner_concurrency": 1}
+    results: dict[str, dict] = {}
+    with serve(workdir, settings) as launched:
+        results["ray"] = measure(launched.base_url, args.clients, args.seconds)
+    env = {**os.environ, **{f"SASTRE_{k.upper()}": str(v) for k, v in settings.items()}}
+    with plain_uvicorn(env) as base_url:
+        results["uvicorn"] = measure(base_url, args.clients, args.seconds)
+    if args.haproxy:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        os.environ.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_BINARY_PATH=binary)
+        with serve(workdir, settings) as launched:
+            results["ray+haproxy"] = measure(launched.base_url, args.clients, args.seconds)
+
+    floor = results["ray"]["livez"]["rps"]
+    print(f"{args.clients} clients, {args.seconds:.0f} s per route")
+    print(f"{'server':12} {'route':6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'÷ ray livez':>12}")
+    for server, routes in results.items():
+        for route, r in routes.items():
+            print(f"{server:12} {route:6} {r['rps']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:7d} "
+                  f"{r['rps'] / floor:12.2f}")
+    print(json.dumps({"date": date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cores",
+                      "clients": args.clients, "seconds": args.seconds, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""The same FastAPI app and routes under plain uvicorn (no Ray), for bench/api_load.py's baseline.
+
+Usage: python bench/plain_app.py PORT  (settings from SASTRE_* like the service)."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from catalog.data import load_catalog
+from db.engine import make_engine, make_sessionmaker
+from deployments.storage import open_storage
+from serve_app.api import Services, create_app
+from serve_app.settings import Settings
+
+if __name__ == "__main__":
+    settings = Settings()
+    services = Services(settings=settings, sessions=make_sessionmaker(make_engine(settings.database_url)),
+                        storage=open_storage(settings.storage_config()), catalog=load_catalog())
+    uvicorn.run(create_app(services), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
