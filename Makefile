@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
+	@echo "Admin users: $(PY) -m serve_app.cli create-admin <name>   (then POST /admin/login)"
 	$(PY) -m serve_app.cli run
 
 test: install

@@ -85,3 +85,26 @@ class GenerationJob(Base):
     request_hash: Mapped[str | None] = mapped_column(String)  # fingerprint of the body sent with the key
     cut_progress: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict, server_default="{}")
     cancel_requested: Mapped[bool] = mapped_column(nullable=False, default=False, server_default="false")
+
+
+class AdminUser(Base):
+    __tablename__ = "admin_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String, unique=True, nullable=False)
+    password_hash: Mapped[str] = mapped_column(String, nullable=False)
+    is_active: Mapped[bool] = mapped_column(nullable=False, default=True, server_default="true")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class AdminLoginFailure(Base):
+    __tablename__ = "admin_login_failures"
+    __table_args__ = (
+        Index("ix_admin_login_failures_username", "username", "failed_at"),
+        Index("ix_admin_login_failures_address", "address", "failed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String, nullable=False)
+    address: Mapped[str] = mapped_column(String, nullable=False)
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

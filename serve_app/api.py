@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Awaitable, Callable
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, status
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
@@ -42,8 +41,8 @@ from serve_app.schemas import (
     JobOut,
     UploadOut,
 )
-from serve_app.uploads import read_file_field, sanitize_image
 from serve_app.settings import Settings
+from serve_app.uploads import read_file_field, sanitize_image
 
 logger = logging.getLogger("sastre.api")
 
@@ -57,6 +56,7 @@ class Services:
     # name -> coroutine returning a description of that deployment's health (raises when unhealthy)
     deployment_checks: dict[str, Callable[[], Awaitable[dict]]] = field(default_factory=dict)
     backlog: BacklogGate | None = None
+    jwt_secret: str | None = None  # admin routes answer 401 to everything without one
 
     def __post_init__(self) -> None:
         if self.backlog is None:
@@ -66,43 +66,11 @@ class Services:
 router = APIRouter()
 
 
-def create_app(services: Services) -> FastAPI:
-    """The FastAPI app for one process (an Ingress replica, or plain uvicorn in benchmarks)."""
-    api = FastAPI(
-        title="Sastre",
-        version="0.1.0",
-        description="Renders tailored suits from fabric swatches. Create a job with POST /generate, then poll "
-                    "GET /jobs/{job_id} (every ~2 s) until it is completed.",
-    )
-    api.state.services = services
-    api.include_router(router)
-    api.add_exception_handler(OperationalError, database_unavailable)
-    api.add_exception_handler(InterfaceError, database_unavailable)
-    api.add_exception_handler(Exception, internal_error)
-    api.add_middleware(
-        CORSMiddleware, allow_origins=services.settings.cors_origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
-        allow_headers=["*"],
-    )
-    return api
-
-
 def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-async def database_unavailable(request: Request, exc: DBAPIError) -> JSONResponse:
-    """A lost database is the client's cue to retry, not a 500 with a traceback."""
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
-    return JSONResponse({"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "2"})
-
-
-async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """Anything unexpected: logged with its traceback here, a plain JSON 500 for the client."""
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
 def _errors(*codes: int) -> dict:

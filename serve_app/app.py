@@ -10,16 +10,17 @@ from __future__ import annotations
 from ray.serve import Application
 
 from deployments.serving import ControlNetPreprocessor, ImageFinisher, SdxlTurboGenerator
-from serve_app.bootstrap import prepare
+from serve_app.bootstrap import prepare, resolve_jwt_secret
 from serve_app.deployments import Ingress, JobRunnerDeployment
 from serve_app.settings import Settings
 
 
 def build_app(args: dict | None = None) -> Application:
     settings = Settings(**(args or {}))
+    jwt_secret = resolve_jwt_secret(settings)  # first: production without a secret must not start
     database_url = prepare(settings)
-    # Secrets travel only inside `storage` and `database_url`, never in the settings dict.
-    resolved = settings.model_dump(mode="json", exclude={"database_url", "s3_secret_access_key"})
+    # Secrets travel only inside `storage`, `database_url` and `jwt_secret`, never in the settings dict.
+    resolved = settings.model_dump(mode="json", exclude={"database_url", "s3_secret_access_key", "jwt_secret"})
     resolved["data_dir"] = str(settings.data_dir.resolve())
     storage = settings.storage_config()
 
@@ -31,4 +32,4 @@ def build_app(args: dict | None = None) -> Application:
     )
     finisher = ImageFinisher.bind(storage, settings.watermark_text)
     runner = JobRunnerDeployment.bind(resolved, database_url, storage, preprocessor, generator, finisher)
-    return Ingress.bind(resolved, database_url, storage, runner, preprocessor, generator, finisher)
+    return Ingress.bind(resolved, database_url, storage, jwt_secret, runner, preprocessor, generator, finisher)

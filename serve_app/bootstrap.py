@@ -10,6 +10,7 @@ from catalog.swatches import render_swatch, swatch_key
 from db.engine import embedded_database_url, make_engine, make_sessionmaker
 from db.migrate import upgrade
 from deployments.storage import S3Storage, Storage, open_storage
+from serve_app.auth import local_secret
 from serve_app.settings import Settings
 
 logger = logging.getLogger("sastre.bootstrap")
@@ -21,6 +22,18 @@ def resolve_database_url(settings: Settings) -> str:
         return settings.database_url
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return embedded_database_url(settings.data_dir.resolve())
+
+
+def resolve_jwt_secret(settings: Settings) -> str:
+    """The admin token key: from settings; for a local run generated once under the data directory.
+
+    A production deployment without SASTRE_JWT_SECRET refuses to start rather than invent one per node.
+    """
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.get_secret_value()
+    if settings.environment == "production":
+        raise RuntimeError("SASTRE_JWT_SECRET must be set when SASTRE_ENVIRONMENT=production")
+    return local_secret(settings.data_dir.resolve())
 
 
 def put_catalog_swatches(storage: Storage, catalog: CatalogData) -> int:

@@ -83,6 +83,27 @@ def stop_database(settings: Settings) -> None:
     print(f"stopping embedded PostgreSQL in {pid_file.parent}")
 
 
+def create_admin(settings: Settings, username: str, from_stdin: bool) -> None:
+    """Create an admin user; there is no default account and no default password anywhere."""
+    import getpass
+
+    from db.engine import make_engine, make_sessionmaker
+    from serve_app.auth import create_user
+
+    password = sys.stdin.readline().rstrip("\n") if from_stdin else getpass.getpass(f"password for {username}: ")
+    if not from_stdin and getpass.getpass("again: ") != password:
+        sys.exit("passwords differ")
+    engine = make_engine(prepare(settings), pool_size=1)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            create_user(session, username, password)
+    except ValueError as exc:
+        sys.exit(str(exc))
+    finally:
+        engine.dispose()
+    print(f"admin user {username!r} created; log in with POST /admin/login")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m serve_app.cli")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
                             help="skip the Ray dashboard (tests; a second local instance)")
     run_parser.add_argument("--inside-namespace", type=Path, help=argparse.SUPPRESS)
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
+    admin = sub.add_parser("create-admin", help="create an admin user (password read from the terminal or stdin)")
+    admin.add_argument("username")
+    admin.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -117,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         run(args.config, args.dashboard)
     elif args.command == "stop-db":
         stop_database(settings)
+    elif args.command == "create-admin":
+        create_admin(settings, args.username, args.password_stdin)
 
 
 if __name__ == "__main__":

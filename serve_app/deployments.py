@@ -13,7 +13,8 @@ from db.engine import make_engine, make_sessionmaker
 from deployments.storage import open_storage
 from fastapi import FastAPI
 
-from serve_app.api import Services, create_app
+from serve_app.api import Services
+from serve_app.web import create_app
 from serve_app.renderers import ServeCutRenderer
 from serve_app.runner import JobRunner
 from serve_app.settings import Settings
@@ -28,7 +29,7 @@ logger = logging.getLogger("ray.serve")
 )
 @serve.ingress()
 class Ingress:
-    def __init__(self, settings: dict, database_url: str, storage: dict, runner: DeploymentHandle,
+    def __init__(self, settings: dict, database_url: str, storage: dict, jwt_secret: str, runner: DeploymentHandle,
                  preprocessor: DeploymentHandle, generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
         config = Settings(**settings)
         handles = {"JobRunner": runner, "ControlNetPreprocessor": preprocessor, "SdxlTurboGenerator": generator,
@@ -49,6 +50,7 @@ class Ingress:
             storage=open_storage(storage),
             catalog=load_catalog(),
             deployment_checks={name: checker(name, handle) for name, handle in handles.items()},
+            jwt_secret=jwt_secret,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     control_detector: Literal["canny"] = "canny"
     watermark_text: str = "SASTRE"
 
+    jwt_secret: SecretStr | None = Field(default=None, description="admin token signing key; required in production")
+    jwt_lifetime_minutes: int = Field(default=60, ge=1, le=24 * 60)
+
     cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:3000", "http://127.0.0.1:3000"])
 
     job_max_attempts: int = Field(default=3, ge=1)

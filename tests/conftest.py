@@ -79,7 +79,8 @@ def engine(database_url: str):
 def sessions(engine) -> Iterator[sessionmaker[Session]]:
     """A session factory over a clean schema (tables emptied before each test)."""
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE generation_jobs, colors, fabric_families RESTART IDENTITY CASCADE"))
+        conn.execute(text("TRUNCATE generation_jobs, colors, fabric_families, admin_users, admin_login_failures "
+                          "RESTART IDENTITY CASCADE"))
     yield make_sessionmaker(engine)
 
 

@@ -12,7 +12,8 @@ from catalog.loader import sync_catalog
 from db import jobs
 from db.engine import make_engine, make_sessionmaker
 from deployments.storage import LocalStorage
-from serve_app.api import Services, create_app
+from serve_app.api import Services
+from serve_app.web import create_app
 from serve_app.backpressure import BacklogGate
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.settings import Settings

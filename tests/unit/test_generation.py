@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from catalog.data import load_catalog
 from catalog.swatches import render_swatch

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from catalog.data import load_catalog
 from catalog.loader import sync_catalog
 from db import jobs
-from db.engine import make_sessionmaker
 from deployments.finishing import Finisher
 from deployments.generation import SdxlTurboModel
 from deployments.preprocessing import ControlMapper
