@@ -35,7 +35,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from serve_app.launcher import ROOT, free_port, serve
+from serve_app.launcher import ROOT, free_port, scratch_database, serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
 
@@ -109,11 +109,7 @@ def main() -> None:
     parser.add_argument("--haproxy", action="store_true", help="also measure behind Ray Serve's HAProxy ingress")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sastre-api-load-"))
-    database_url = os.environ.get("SASTRE_DATABASE_URL")
-    if not database_url:
-        import pgserver
-
-        database_url = pgserver.get_server(workdir / "pg", cleanup_mode="delete").get_uri()
+    database_url = scratch_database(workdir)
     settings = {"database_url": database_url, "data_dir": str(workdir / "data"), "model_profile": "tiny-random",
                 "image_size": 64, "max_pending_jobs": 10_000_000, "runner_concurrency": 1}
     results: dict[str, dict] = {}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from serve_app.launcher import serve
+from serve_app.launcher import scratch_database, serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino"}
 
@@ -89,11 +89,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sastre-bench-"))
-    database_url = os.environ.get("SASTRE_DATABASE_URL")
-    if not database_url:
-        import pgserver
-
-        database_url = pgserver.get_server(workdir / "pg", cleanup_mode="delete").get_uri()
+    database_url = scratch_database(workdir)
     settings = {"database_url": database_url, "data_dir": str(workdir / "data"), "model_profile": "tiny-random",
                 "image_size": args.size, "poll_seconds": 0.5}
 

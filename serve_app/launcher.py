@@ -30,6 +30,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def scratch_database(workdir: Path) -> str:
+    """SASTRE_DATABASE_URL when set, else a throw-away embedded PostgreSQL under `workdir`."""
+    if os.environ.get("SASTRE_DATABASE_URL"):
+        return os.environ["SASTRE_DATABASE_URL"]
+    import pgserver
+
+    return pgserver.get_server(workdir / "pg", cleanup_mode="delete").get_uri()
+
+
 @dataclass(frozen=True)
 class Launched:
     base_url: str
