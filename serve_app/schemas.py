@@ -39,7 +39,7 @@ class GenerateRequest(BaseModel):
     family_id: str = Field(min_length=1, max_length=100, examples=["lana-fria"])
     color_id: str = Field(min_length=1, max_length=100, examples=["lana-fria-azul-marino"])
     cuts: list[str] = Field(min_length=1, max_length=16, examples=[["recto", "cruzado"]])
-    swatch_url: str | None = Field(default=None, max_length=2048,
+    swatch_url: str | None = Field(default=None, min_length=1, max_length=2048,
                                    description="a URL this service issued (catalog or uploaded swatch)")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1 - 16,
                              description="seed of the first cut; cut i uses seed + i")

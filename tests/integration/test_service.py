@@ -138,6 +138,7 @@ BAD_REQUESTS = [
     ({"color_id": "lana-fria-azul-marino", "cuts": ["recto"]}, 422, "Field required"),
     ({**NAVY, "cuts": ["recto"], "swatch_url": "http://169.254.169.254/latest/meta-data"}, 422, "issued by this service"),
     ({**NAVY, "cuts": ["recto"], "swatch_url": "file:///etc/passwd"}, 422, "issued by this service"),
+    ({**NAVY, "cuts": ["recto"], "swatch_url": ""}, 422, "at least 1 character"),
 ]
 
 
