@@ -1,8 +1,10 @@
 """SDXL Turbo + ControlNet + IP-Adapter generation, as a plain class usable without Ray.
 
 What repeats between requests is computed once: prompt embeddings per prompt text, IP-Adapter image
-embeddings per swatch content hash. A batch of cuts from different jobs runs as one pipeline call;
-each cut keeps its own seeded generator, so a cut's image does not depend on what it was batched with.
+embeddings per swatch content hash (control maps are cached upstream, per cut). The rest runs as one
+batched call of `TurboDenoiser`, the pipeline's arithmetic without its per-call Python, under CUDA
+graphs on a GPU. Each cut draws its noise from its own seeded generator, so a cut's image does not
+depend on what it was batched with.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deployments.denoising import TurboBatch, TurboDenoiser
+from deployments.graphs import BucketedRunner, cuda_graph_builder
 from deployments.model_loading import LoadedPipeline, ModelSources, load_pipeline
 
 logger = logging.getLogger("sastre.generation")
@@ -80,10 +84,27 @@ def decode_swatch(data: bytes | None) -> Image.Image | None:
         return None
 
 
-class SdxlTurboModel:
-    """The generator's model: one loaded pipeline plus the caches around it."""
+@dataclass(frozen=True)
+class Acceleration:
+    """How the denoiser runs on this device. The defaults follow the device: both levers need a GPU."""
 
-    def __init__(self, loaded: LoadedPipeline, num_inference_steps: int = 1, ip_adapter_scale: float = 1.0) -> None:
+    cuda_graphs: bool = False  # replay one captured graph per batch size instead of launching each kernel
+    channels_last: bool = False  # NHWC convolutions, the layout tensor cores want
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8)  # graphs captured; batches pad up to these
+
+    @classmethod
+    def for_device(cls, device: torch.device | str, max_batch_size: int = 8) -> Acceleration:
+        """Both levers on a GPU; graphs for 1, 2, 4, ... up to the largest batch the server forms."""
+        on_gpu = torch.device(device).type == "cuda"
+        sizes = sorted({2**i for i in range(max_batch_size.bit_length()) if 2**i < max_batch_size} | {max_batch_size})
+        return cls(cuda_graphs=on_gpu, channels_last=on_gpu, batch_sizes=tuple(sizes))
+
+
+class SdxlTurboModel:
+    """The generator's model: one loaded pipeline, the caches around it, and its fast denoiser."""
+
+    def __init__(self, loaded: LoadedPipeline, num_inference_steps: int = 1, ip_adapter_scale: float = 1.0,
+                 acceleration: Acceleration | None = None) -> None:
         if not 1 <= num_inference_steps <= 4:
             raise ValueError("SDXL Turbo is distilled for 1-4 steps")
         self.loaded = loaded
@@ -91,10 +112,20 @@ class SdxlTurboModel:
         self.num_inference_steps = num_inference_steps
         self.ip_adapter_scale = ip_adapter_scale
         self.device = self.pipeline.device
+        self.acceleration = acceleration or Acceleration.for_device(self.device)
+        if self.acceleration.channels_last:
+            for module in (self.pipeline.unet, self.pipeline.controlnet, self.pipeline.vae):
+                module.to(memory_format=torch.channels_last)
+        if self.acceleration.cuda_graphs:
+            torch.backends.cudnn.benchmark = True  # shapes are fixed per graph: let cuDNN pick per shape
+        self.denoiser = TurboDenoiser(self.pipeline, num_inference_steps)
+        self.pipeline.set_ip_adapter_scale(ip_adapter_scale)
+        self.graphs = (BucketedRunner(self.acceleration.batch_sizes, cuda_graph_builder(self.denoiser))
+                       if self.acceleration.cuda_graphs else None)
         self.prompt_cache: LruCache[str, tuple[torch.Tensor, torch.Tensor]] = LruCache(512)
-        self.image_cache: LruCache[str, torch.Tensor] = LruCache(256)
-        # One batch at a time: the IP-Adapter scale is pipeline-wide state, and the fast tokenizers
-        # change their truncation settings per call, so concurrent encodes would corrupt each other.
+        self.image_cache: LruCache[str, tuple[torch.Tensor, bool]] = LruCache(256)
+        # One batch at a time: the IP-Adapter scale is pipeline-wide state, graphs own their buffers,
+        # and the fast tokenizers change their truncation settings per call.
         self._lock = threading.Lock()
 
     @classmethod
@@ -110,6 +141,7 @@ class SdxlTurboModel:
             "device": str(self.device),
             "dtype": str(self.pipeline.unet.dtype),
             "steps": self.num_inference_steps,
+            "cuda_graphs": [size for size, _ in self.graphs.built] if self.graphs else [],
         }
 
     @torch.inference_mode()
@@ -123,12 +155,21 @@ class SdxlTurboModel:
         return self.prompt_cache.get_or_compute(prompt, compute)
 
     @torch.inference_mode()
-    def _image_embeddings(self, swatch: Image.Image, content_hash: str) -> torch.Tensor:
-        def compute() -> torch.Tensor:
-            embeds, _ = self.pipeline.encode_image(swatch, self.device, 1)
-            return embeds  # (1, dim)
+    def _image_embeddings(self, swatch: bytes | None) -> tuple[torch.Tensor, bool]:
+        """The swatch's IP-Adapter embedding and whether it had to fall back to a blank image.
 
-        return self.image_cache.get_or_compute(content_hash, compute)
+        Keyed by content hash, so a cache hit costs a hash, not a decode.
+        """
+        def compute() -> tuple[torch.Tensor, bool]:
+            image = decode_swatch(swatch)
+            fallback = image is None
+            if fallback:
+                image = Image.new("RGB", (224, 224), (255, 255, 255))
+            embeds, _ = self.pipeline.encode_image(image, self.device, 1)
+            return embeds, fallback  # embeds: (1, dim)
+
+        key = hashlib.sha256(swatch).hexdigest() if swatch else "missing"
+        return self.image_cache.get_or_compute(key, compute)
 
     @torch.inference_mode()
     def generate(self, requests: list[CutRequest]) -> list[CutImage]:
@@ -138,44 +179,66 @@ class SdxlTurboModel:
         with self._lock:
             return self._generate(requests)
 
-    def _generate(self, requests: list[CutRequest]) -> list[CutImage]:
-        prepared = []
-        for request in requests:
-            swatch = decode_swatch(request.swatch)
-            fallback = swatch is None
-            if fallback:
-                swatch = Image.new("RGB", (224, 224), (255, 255, 255))
-                content_hash = "blank"
-            else:
-                content_hash = hashlib.sha256(request.swatch).hexdigest()
-            prepared.append((request, fallback, self._image_embeddings(swatch, content_hash)))
+    @torch.inference_mode()
+    def warm_up(self, height: int, width: int) -> None:
+        """Run every batch size once (capturing its CUDA graph), so no request pays for it."""
+        control = np.zeros((height, width, 3), np.uint8)
+        embeds, _ = self._image_embeddings(None)
+        sizes = self.graphs.bucket_sizes if self.graphs else [1]
+        with self._lock:
+            for size in sizes:
+                self._run([(CutRequest("", control, None, seed), embeds) for seed in range(size)],
+                          self.ip_adapter_scale)
 
+    def _generate(self, requests: list[CutRequest]) -> list[CutImage]:
+        prepared = [(request, *self._image_embeddings(request.swatch)) for request in requests]
         results: list[CutImage | None] = [None] * len(requests)
         for fallback in (False, True):
-            group = [i for i, (_, fb, _) in enumerate(prepared) if fb == fallback]
+            group = [i for i, (_, _, fb) in enumerate(prepared) if fb == fallback]
             if group:
-                pixels = self._run([prepared[i] for i in group], 0.0 if fallback else self.ip_adapter_scale)
+                batch = [(prepared[i][0], prepared[i][1]) for i in group]
+                pixels = self._run(batch, 0.0 if fallback else self.ip_adapter_scale)
                 for index, image in zip(group, pixels):
                     results[index] = CutImage(image, requests[index].seed, fallback)
         return results  # type: ignore[return-value]
 
-    def _run(self, batch: list[tuple[CutRequest, bool, torch.Tensor]], scale: float) -> list[np.ndarray]:
-        requests = [request for request, _, _ in batch]
+    def _run(self, batch: list[tuple[CutRequest, torch.Tensor]], scale: float) -> list[np.ndarray]:
+        inputs = self._inputs(batch).to(self.device)
+        if self.graphs is not None and scale == self.ip_adapter_scale:
+            pixels = self.graphs(inputs)  # captured at this scale
+        else:
+            self.pipeline.set_ip_adapter_scale(scale)
+            try:
+                pixels = self.denoiser(inputs)
+            finally:
+                self.pipeline.set_ip_adapter_scale(self.ip_adapter_scale)
+        return list(pixels.cpu().numpy())
+
+    def _inputs(self, batch: list[tuple[CutRequest, torch.Tensor]]) -> TurboBatch:
+        """Stack one batch's tensors; noise is drawn per cut exactly as the pipeline draws it."""
+        requests = [request for request, _ in batch]
         height, width = requests[0].control_image.shape[:2]
-        if any(r.control_image.shape[:2] != (height, width) for r in requests):
-            raise ValueError("all cuts in a batch must share one resolution")
-        embeds = [self._prompt_embeddings(r.prompt) for r in requests]
-        self.pipeline.set_ip_adapter_scale(scale)
-        output = self.pipeline(
+        for request in requests:
+            image = request.control_image
+            if image.dtype != np.uint8 or image.shape != (height, width, 3):
+                raise ValueError("control images must be uint8 HxWx3, all of one resolution")
+        embeds = [self._prompt_embeddings(request.prompt) for request in requests]
+        dtype = embeds[0][0].dtype
+        factor = self.pipeline.vae_scale_factor
+        latent_shape = (1, self.pipeline.unet.config.in_channels, height // factor, width // factor)
+        noise, step_noise = [], []
+        for request in requests:
+            generator = torch.Generator("cpu").manual_seed(request.seed)
+            noise.append(torch.randn(latent_shape, generator=generator, dtype=dtype))
+            steps = [torch.randn(latent_shape, generator=generator, dtype=dtype)
+                     for _ in range(self.num_inference_steps - 1)]
+            step_noise.append(torch.stack(steps, dim=1) if steps else torch.empty((1, 0, *latent_shape[1:]), dtype=dtype))
+        return TurboBatch(
+            noise=torch.cat(noise),
+            step_noise=torch.cat(step_noise),
             prompt_embeds=torch.cat([e for e, _ in embeds]),
-            pooled_prompt_embeds=torch.cat([p for _, p in embeds]),
-            image=[Image.fromarray(r.control_image) for r in requests],
-            ip_adapter_image_embeds=[torch.cat([emb for _, _, emb in batch])[:, None, :]],
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=0.0,
-            height=height,
-            width=width,
-            generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests],
-            output_type="np",
+            pooled_embeds=torch.cat([p for _, p in embeds]),
+            time_ids=torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype).repeat(len(requests), 1),
+            image_embeds=torch.cat([emb for _, emb in batch])[:, None, :],
+            control=torch.from_numpy(np.stack([request.control_image for request in requests])),
         )
-        return [np.round(image * 255).clip(0, 255).astype(np.uint8) for image in output.images]

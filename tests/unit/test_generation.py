@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from diffusers import EulerDiscreteScheduler
+from PIL import Image
 
 from catalog.data import load_catalog
 from catalog.swatches import render_swatch
-from deployments.generation import CutRequest, SdxlTurboModel
+from deployments.denoising import TurboDenoiser
+from deployments.generation import Acceleration, CutRequest, SdxlTurboModel, decode_swatch
+from deployments.graphs import BucketedRunner
+from deployments.model_loading import load_pipeline
 from deployments.preprocessing import ControlMapper
 
 SIZE = 128
@@ -57,6 +63,113 @@ def test_batch_equals_single_calls_with_the_same_seeds(model, control):
         # Batched convolutions may round differently in the last float bit: at most one grey level.
         assert diff.max() <= 1 and diff.mean() < 0.01
         assert single.seed == together.seed
+
+
+def assert_close(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to the last float bit of a differently-sized batch: at most one grey level, rarely."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+@pytest.mark.parametrize("steps, dtype", [(1, torch.float32), (3, torch.float32), (2, torch.float16)])
+def test_fast_path_computes_exactly_what_the_diffusers_pipeline_computes(control, steps, dtype):
+    """Same weights, embeddings and seeds through `StableDiffusionXLControlNetPipeline`: the same bits."""
+    model = SdxlTurboModel(load_pipeline("tiny-random", device="cpu", dtype=dtype), num_inference_steps=steps)
+    plain = load_pipeline("tiny-random", device="cpu", dtype=dtype).pipeline
+    swatch = render_swatch("#1F2A44", "095T-0121")
+    requests = [request(control, 3, swatch, "navy suit"), request(control, 4, swatch, "grey suit")]
+    ours = model.generate(requests)
+
+    embeds = [plain.encode_prompt(r.prompt, device="cpu", do_classifier_free_guidance=False) for r in requests]
+    image_embeds, _ = plain.encode_image(decode_swatch(swatch), device="cpu", num_images_per_prompt=1)
+    output = plain(
+        prompt_embeds=torch.cat([e[0] for e in embeds]), pooled_prompt_embeds=torch.cat([e[2] for e in embeds]),
+        image=[Image.fromarray(control)] * 2, ip_adapter_image_embeds=[image_embeds[:, None, :]],
+        num_inference_steps=steps, guidance_scale=0.0, height=SIZE, width=SIZE,
+        generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests], output_type="np",
+    )
+    for mine, theirs in zip(ours, output.images):
+        assert np.array_equal(mine.pixels, np.round(theirs * 255).clip(0, 255).astype(np.uint8))
+
+
+def test_a_vae_that_asks_for_fp32_is_kept_in_fp32_once_and_decodes_like_the_pipeline(control):
+    """The pipeline casts such a VAE to fp32 and back on every call; the fast path does it once."""
+    loaded = load_pipeline("tiny-random", device="cpu", dtype=torch.float16)
+    plain = load_pipeline("tiny-random", device="cpu", dtype=torch.float16).pipeline
+    for pipeline in (loaded.pipeline, plain):
+        pipeline.vae.register_to_config(force_upcast=True)
+    model = SdxlTurboModel(loaded)
+    assert model.pipeline.vae.dtype == torch.float32 and model.pipeline.unet.dtype == torch.float16
+    swatch = render_swatch("#1F2A44", "095T-0121")
+    [ours] = model.generate([request(control, 8, swatch, "navy suit")])
+    image_embeds, _ = plain.encode_image(decode_swatch(swatch), device="cpu", num_images_per_prompt=1)
+    output = plain(prompt="navy suit", image=Image.fromarray(control), ip_adapter_image_embeds=[image_embeds[:, None, :]],
+                   num_inference_steps=1, guidance_scale=0.0, height=SIZE, width=SIZE,
+                   generator=torch.Generator("cpu").manual_seed(8), output_type="np")
+    assert plain.vae.dtype == torch.float16  # cast back after its decode
+    assert np.array_equal(ours.pixels, np.round(output.images[0] * 255).clip(0, 255).astype(np.uint8))
+
+
+def test_batched_cuts_keep_their_own_swatch(model, control):
+    """Cuts of different jobs share a batch; each must see only its own swatch's IP-Adapter tokens."""
+    navy = request(control, 21, swatch=render_swatch("#1F2A44", "095T-0121"))
+    brown = request(control, 21, swatch=render_swatch("#6E4B2F", "330W-0501"))
+    alone = [model.generate([r])[0].pixels for r in (navy, brown)]
+    together = [image.pixels for image in model.generate([navy, brown])]
+    assert np.abs(alone[0].astype(int) - alone[1]).mean() > 0.2  # the swatch matters to the image
+    for single, batched in zip(alone, together):
+        assert_close(single, batched)
+
+
+def test_batches_pad_to_bucket_sizes_and_split_above_the_largest(control):
+    """The GPU path (one CUDA graph per bucket) with the eager denoiser in place of each graph."""
+    model = SdxlTurboModel(load_pipeline("tiny-random", device="cpu"))
+    requests = [request(control, 40 + i, prompt=f"suit {i}") for i in range(6)]
+    eager = model.generate(requests)
+    built = []
+
+    def build(example):
+        built.append(example.size)
+        return model.denoiser
+
+    model.graphs = BucketedRunner((1, 2, 4), build)
+    bucketed = model.generate(requests)  # 6 = 4 + 2
+    padded = model.generate(requests[:3])  # 3 pads to 4, whose function exists
+    [fallback] = model.generate([request(control, 1, swatch=None)])  # scale 0: not what graphs hold
+    assert built == [4, 2]
+    assert fallback.ip_adapter_fallback
+    for reference, image in zip(eager, bucketed):
+        assert_close(reference.pixels, image.pixels)
+    for reference, image in zip(eager, padded):
+        assert_close(reference.pixels, image.pixels)
+
+
+def test_channels_last_gives_the_same_images(model, control):
+    nhwc = SdxlTurboModel(load_pipeline("tiny-random", device="cpu"),
+                          acceleration=Acceleration(channels_last=True))
+    assert nhwc.pipeline.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    for seed in (5, 6):
+        assert_close(nhwc.generate([request(control, seed)])[0].pixels, model.generate([request(control, seed)])[0].pixels)
+
+
+def test_acceleration_follows_the_device_and_warm_up_runs_each_size(control):
+    assert Acceleration.for_device(torch.device("cuda")) == Acceleration(cuda_graphs=True, channels_last=True)
+    assert Acceleration.for_device("cuda", max_batch_size=12).batch_sizes == (1, 2, 4, 8, 12)
+    assert Acceleration.for_device("cpu", max_batch_size=1).batch_sizes == (1,)
+    cpu = SdxlTurboModel(load_pipeline("tiny-random", device="cpu"))
+    assert cpu.acceleration == Acceleration() and cpu.graphs is None
+    built = []
+    cpu.graphs = BucketedRunner((1, 2), lambda example: built.append(example.size) or cpu.denoiser)
+    cpu.warm_up(64, 64)
+    assert built == [1, 2]
+    assert cpu.describe()["cuda_graphs"] == built
+
+
+def test_fast_path_refuses_a_scheduler_it_does_not_implement():
+    pipeline = load_pipeline("tiny-random", device="cpu").pipeline
+    pipeline.scheduler = EulerDiscreteScheduler.from_config(pipeline.scheduler.config)
+    with pytest.raises(ValueError, match="Euler ancestral"):
+        TurboDenoiser(pipeline, 1)
 
 
 def test_prompt_and_swatch_change_the_image(model, control):
