@@ -66,6 +66,7 @@ TINY = ArchitectureSpec(
         latent_channels=4,
         norm_num_groups=8,
         sample_size=512,
+        force_upcast=False,
     ),
     text_encoder=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32),
     text_encoder_2=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32),
@@ -102,6 +103,7 @@ FULL = ArchitectureSpec(
         norm_num_groups=32,
         sample_size=1024,
         scaling_factor=0.13025,
+        force_upcast=False,  # as madebyollin/sdxl-vae-fp16-fix, which the pretrained profile loads
     ),
     text_encoder=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                       projection_dim=768, hidden_act="quick_gelu"),

@@ -13,8 +13,8 @@ import numpy as np
 from ray import serve
 
 from deployments.finishing import Finisher
-from deployments.generation import CutImage, CutRequest, SdxlTurboModel
-from deployments.model_loading import ModelSources
+from deployments.generation import Acceleration, CutImage, CutRequest, SdxlTurboModel
+from deployments.model_loading import ModelSources, load_pipeline
 from deployments.preprocessing import ControlMapper
 from deployments.storage import StorageError, open_storage
 
@@ -44,9 +44,13 @@ class ControlNetPreprocessor:
 )
 class SdxlTurboGenerator:
     def __init__(self, profile: str, storage: dict, sources: dict | None = None, num_inference_steps: int = 1,
-                 max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01) -> None:
-        self.model = SdxlTurboModel.from_profile(profile, ModelSources(**(sources or {})),
-                                                 num_inference_steps=num_inference_steps)
+                 image_size: int = 512, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01) -> None:
+        loaded = load_pipeline(profile, ModelSources(**(sources or {})))
+        acceleration = Acceleration.for_device(loaded.pipeline.device, max_batch_size)
+        self.model = SdxlTurboModel(loaded, num_inference_steps, acceleration=acceleration)
+        # Capture every batch size's CUDA graph before the replica takes traffic: Serve routes to a
+        # replica only once __init__ returns, so no request waits for a capture.
+        self.model.warm_up(image_size, image_size)
         self.storage = open_storage(storage)
         self.generate_batch.set_max_batch_size(max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)

@@ -27,8 +27,9 @@ def build_app(args: dict | None = None) -> Application:
     preprocessor = ControlNetPreprocessor.bind()
     generator = SdxlTurboGenerator.bind(
         settings.model_profile, storage,
-        {"base": settings.base_model, "controlnet": settings.controlnet_model, "ip_adapter": settings.ip_adapter_model},
-        settings.num_inference_steps,
+        {"base": settings.base_model, "controlnet": settings.controlnet_model, "ip_adapter": settings.ip_adapter_model,
+         "vae": settings.vae_model},
+        settings.num_inference_steps, settings.image_size,
     )
     finisher = ImageFinisher.bind(storage, settings.watermark_text)
     runner = JobRunnerDeployment.bind(resolved, database_url, storage, preprocessor, generator, finisher)

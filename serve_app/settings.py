@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     base_model: str = "stabilityai/sdxl-turbo"
     controlnet_model: str = "diffusers/controlnet-canny-sdxl-1.0"
     ip_adapter_model: str = "h94/IP-Adapter"
+    vae_model: str = Field(default="madebyollin/sdxl-vae-fp16-fix", description="fp16-safe VAE; empty = the base model's")
     image_size: int = Field(default=512, ge=64, le=1024, multiple_of=64)
     num_inference_steps: int = Field(default=1, ge=1, le=4)
     control_detector: Literal["canny"] = "canny"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,12 @@ def checkpoint(tmp_path_factory) -> ModelSources:
     StableDiffusionXLControlNetPipeline(**components).save_pretrained(root / "sdxl-turbo")
     components["controlnet"].save_pretrained(root / "controlnet-canny")
     components["image_encoder"].save_pretrained(root / "ip-adapter" / "models" / "image_encoder")
+    components["vae"].save_pretrained(root / "vae-fp16-fix")
     (root / "ip-adapter" / "sdxl_models").mkdir(parents=True)
     flat = {f"{part}.{name}": tensor.contiguous() for part, tensors in ip_adapter.items() for name, tensor in tensors.items()}
     save_file(flat, root / "ip-adapter" / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors")
     return ModelSources(base=str(root / "sdxl-turbo"), controlnet=str(root / "controlnet-canny"),
-                        ip_adapter=str(root / "ip-adapter"))
+                        ip_adapter=str(root / "ip-adapter"), vae=str(root / "vae-fp16-fix"))
 
 
 def _image(model: SdxlTurboModel) -> np.ndarray:
@@ -47,6 +49,16 @@ def test_pretrained_loads_offline_and_matches_the_same_weights_in_memory(checkpo
     from_disk = _image(SdxlTurboModel(loaded))
     in_memory = _image(SdxlTurboModel(load_pipeline("tiny-random", device="cpu")))
     assert np.array_equal(from_disk, in_memory)
+
+
+def test_pretrained_takes_the_vae_from_its_own_source_or_the_base(checkpoint, tmp_path):
+    """The fp16-safe VAE replaces the base model's; an empty source keeps the base model's VAE."""
+    other = build_random_components("tiny-random", seed=1)["vae"]
+    other.save_pretrained(tmp_path / "other-vae")
+    replaced = load_pipeline("pretrained", replace(checkpoint, vae=str(tmp_path / "other-vae")), device="cpu")
+    assert torch.equal(replaced.pipeline.vae.decoder.conv_out.weight, other.decoder.conv_out.weight)
+    base = load_pipeline("pretrained", replace(checkpoint, vae=""), device="cpu")
+    assert not torch.equal(base.pipeline.vae.decoder.conv_out.weight, other.decoder.conv_out.weight)
 
 
 def test_auto_prefers_local_weights_and_falls_back_loudly(checkpoint, tmp_path, caplog):
