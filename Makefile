@@ -17,7 +17,7 @@ ifeq ($(ISOLATE),yes)
 IN_LOOPBACK_NETNS := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 endif
 
-.PHONY: install run test bench bench-api stop-db clean
+.PHONY: install run test bench bench-api bench-gpu gpu-wheels stop-db clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ bench: install
 
 bench-api: install
 	$(IN_LOOPBACK_NETNS) $(PY) bench/api_load.py $(BENCH_ARGS)
+
+# The generator against plain diffusers on this machine's GPU (tiny-random on the CPU).
+bench-gpu: install
+	$(PY) bench/gpu_generate.py $(BENCH_ARGS)
+
+# Wheels that bench/lent_gpu.sh unpacks on a GPU machine lacking them, at the versions installed here.
+gpu-wheels: install
+	rm -rf .gpu-wheels && $(PY) -m pip download -q --no-deps --only-binary=:all: -d .gpu-wheels \
+	  $$($(PY) -m pip list --format=freeze | grep -iE '^(diffusers|controlnet.aux|importlib.metadata|zipp)==') 2>&1 | { grep -v 'is ignored' || true; }
 
 stop-db: install
 	$(PY) -m serve_app.cli stop-db
