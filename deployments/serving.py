@@ -64,12 +64,16 @@ class SdxlTurboGenerator:
             logger.warning("swatch %s unreadable, IP-Adapter falls back to scale 0: %s", key, exc)
             return None
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    # Two batches in flight: while one holds the model (the GPU), the next gathers its requests and
+    # reads its swatches from storage, so the GPU does not wait on the network between batches.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
     async def generate_batch(self, prompt: list[str], control_image: list[np.ndarray], swatch_key: list[str | None],
                              seed: list[int]) -> list[CutImage]:
-        requests = [CutRequest(p, c, self._swatch(k), s) for p, c, k, s in zip(prompt, control_image, swatch_key, seed)]
-        # Run the model off the event loop so the next batch can gather while this one computes.
-        return await asyncio.to_thread(self.model.generate, requests)
+        return await asyncio.to_thread(self._generate, list(zip(prompt, control_image, swatch_key, seed)))
+
+    def _generate(self, cuts: list[tuple[str, np.ndarray, str | None, int]]) -> list[CutImage]:
+        """Read swatches (blocking I/O, outside the model's lock), then generate the batch."""
+        return self.model.generate([CutRequest(p, c, self._swatch(k), s) for p, c, k, s in cuts])
 
     async def generate(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutImage:
         return await self.generate_batch(prompt, control_image, swatch_key, seed)
