@@ -20,7 +20,7 @@ def test_gpu_benchmark_runs_on_the_cpu_and_reports_both_sides_with_ratios(tmp_pa
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert (results["profile"], results["device"], results["cuda_graphs"]) == ("tiny-random", "cpu", [])
+    assert (results["profile"], results["device"], results["cuda_graphs"], results["targets"]) == ("tiny-random", "cpu", [], {})
     rows = results["rows"]
     assert set(rows) == {"one cut (ms)", "one cut, cold caches (ms)", "2-cut job (ms)", "throughput at batch 8 (images/s)"}
     for figure, row in rows.items():
@@ -32,3 +32,29 @@ def test_gpu_benchmark_runs_on_the_cpu_and_reports_both_sides_with_ratios(tmp_pa
     assert results["agreement"]["ours vs plain, one cut"]["max_abs"] == 0
     table = completed.stdout
     assert "| one cut (ms) |" in table and "ours ×" in table and "identical" in table
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_generate", ROOT / "bench" / "gpu_generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_targets_and_agreement_are_judged_as_the_issue_states():
+    import numpy as np
+
+    bench = _bench_module()
+    rows = {"one cut (ms)": {"plain": 192.0, "ours": 48.0}, "2-cut job (ms)": {"plain": 250.0, "ours": 71.0},
+            "throughput at batch 8 (images/s)": {"plain": 21.0, "ours": 55.0}}
+    assert bench.targets(rows) == {
+        "one cut <= 50 ms": True, "one cut >= 3.8x plain": True, "2-cut job <= 70 ms": False,
+        "throughput >= 50 images/s": True, "throughput >= 2.4x plain at batch 8": True,
+    }
+    image = np.full((8, 8, 3), 100, np.uint8)
+    assert bench.agreement(image, image) == {"max_abs": 0, "mean_abs": 0.0, "psnr_db": None, "ok": True}
+    off_by_two = image + 2  # MSE 4: PSNR = 10 log10(255² / 4) = 42.11 dB
+    assert bench.agreement(image, off_by_two) == {"max_abs": 2, "mean_abs": 2.0, "psnr_db": 42.11, "ok": True}
+    assert not bench.agreement(image, image + 5)["ok"]  # 34.2 dB, under the 40 dB floor
