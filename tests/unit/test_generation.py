@@ -10,6 +10,7 @@ from diffusers import EulerDiscreteScheduler
 from PIL import Image
 
 from catalog.data import load_catalog
+from catalog.prompts import build_prompt
 from catalog.swatches import render_swatch
 from deployments.denoising import TurboDenoiser
 from deployments.generation import Acceleration, CutRequest, SdxlTurboModel, decode_swatch
@@ -172,12 +173,57 @@ def test_fast_path_refuses_a_scheduler_it_does_not_implement():
         TurboDenoiser(pipeline, 1)
 
 
-def test_prompt_and_swatch_change_the_image(model, control):
-    [navy] = model.generate([request(control, 5, prompt="navy suit")])
-    [tweed] = model.generate([request(control, 5, prompt="brown tweed suit")])
-    [other] = model.generate([request(control, 5, swatch=render_swatch("#6E4B2F", "330W-0501"))])
-    assert not np.array_equal(navy.pixels, tweed.pixels)
-    assert not np.array_equal(navy.pixels, other.pixels)
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize("change", ["cut", "prompt", "swatch", "seed"])
+def test_each_input_alone_visibly_changes_a_random_render(model, change):
+    """The random profiles must respond to every input, or no test could see a bug in its path.
+
+    A fresh ControlNet's zero convolutions would make the control map irrelevant; below 30 dB is a
+    change a person sees (the same render is identical: infinite PSNR).
+    """
+    catalog = load_catalog()
+    family = catalog.families[0]
+    navy, charcoal, pearl = family.colors[:3]
+    mapper = ControlMapper()
+    controls = {cut: mapper.control_map(catalog.cut(cut).template_png(), cut, "canny", SIZE) for cut in ("recto", "cruzado")}
+
+    def cut_request(cut="recto", color=navy, swatch_color=navy, seed=5) -> CutRequest:
+        prompt = build_prompt(catalog.cut(cut).prompt, family.fabric, color.english)
+        return CutRequest(prompt, controls[cut], render_swatch(swatch_color.hex_value, swatch_color.swatch_code), seed)
+
+    changed = {"cut": cut_request(cut="cruzado"), "prompt": cut_request(color=charcoal),
+               "swatch": cut_request(swatch_color=pearl), "seed": cut_request(seed=6)}[change]
+    [original] = model.generate([cut_request()])
+    [again] = model.generate([cut_request()])
+    [other] = model.generate([changed])
+    assert np.array_equal(original.pixels, again.pixels)
+    assert original.pixels.std() > 10  # a render, not a flat or saturated image
+    assert psnr(original.pixels, other.pixels) < 30
+
+
+def test_the_random_controlnet_passes_the_control_map_on():
+    """Its residuals are non-zero and depend on the control map (diffusers would start them at zero)."""
+    pipeline = load_pipeline("tiny-random", device="cpu").pipeline
+    catalog = load_catalog()
+    mapper = ControlMapper()
+    latents = torch.randn((1, 4, SIZE // 8, SIZE // 8), generator=torch.Generator().manual_seed(0))
+    embeds, _, pooled, _ = pipeline.encode_prompt("navy suit", device="cpu", do_classifier_free_guidance=False)
+    time_ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=torch.float32)
+    residuals = {}
+    for cut in ("recto", "cruzado"):
+        control = mapper.control_map(catalog.cut(cut).template_png(), cut, "canny", SIZE)
+        cond = torch.from_numpy(control).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            down, mid = pipeline.controlnet(latents, 999, encoder_hidden_states=embeds, controlnet_cond=cond,
+                                            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+                                            return_dict=False)
+        residuals[cut] = torch.cat([r.flatten() for r in (*down, mid)])
+    assert residuals["recto"].abs().mean() > 0.1
+    assert (residuals["recto"] - residuals["cruzado"]).abs().mean() > 0.01 * residuals["recto"].abs().mean()
 
 
 def test_unreadable_swatch_falls_back_to_scale_zero_and_says_so(model, control):
