@@ -226,6 +226,19 @@ def test_the_random_controlnet_passes_the_control_map_on():
     assert (residuals["recto"] - residuals["cruzado"]).abs().mean() > 0.01 * residuals["recto"].abs().mean()
 
 
+def test_generation_takes_the_diffusers_peft_path_the_gpu_image_takes(model, control):
+    """The GPU image ships `peft`; with it diffusers routes UNet/ControlNet forwards and `encode_prompt`
+    through its PEFT backend. The project depends on it, so every test here runs that path."""
+    import sys
+
+    import diffusers.utils
+
+    [image] = model.generate([request(control, 4, prompt="peft path probe")])
+    assert diffusers.utils.USE_PEFT_BACKEND
+    assert "peft.tuners.tuners_utils" in sys.modules
+    assert image.pixels.std() > 10
+
+
 def test_unreadable_swatch_falls_back_to_scale_zero_and_says_so(model, control):
     [broken] = model.generate([request(control, 9, swatch=b"not an image")])
     [missing] = model.generate([request(control, 9, swatch=None)])
