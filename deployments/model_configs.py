@@ -205,12 +205,14 @@ def _text_config(widths: dict, vocab_size: int) -> CLIPTextConfig:
                           max_position_embeddings=77, layer_norm_eps=1e-5, **widths)
 
 
-def build_random_components(profile: str, seed: int = 0, device: str | torch.device = "cpu") -> dict:
+def build_random_components(profile: str, seed: int = 0, device: str | torch.device = "cpu",
+                            dtype: torch.dtype = torch.float32) -> dict:
     """Build every pipeline component with random weights, deterministically from `seed`.
 
     The same seed gives bit-identical weights in every process, so replicas of the generator agree.
     Modules are created directly on `device` (fast for the full size on a GPU; "meta" to count
-    parameters without allocating them).
+    parameters without allocating them) and cast to `dtype` one by one as they are built, so the full
+    size never holds all ~5.7 B parameters in fp32 at once (~23 GB) on its way to fp16.
     """
     spec = SPECS[profile]
     tokenizer = byte_level_tokenizer()
@@ -222,11 +224,12 @@ def build_random_components(profile: str, seed: int = 0, device: str | torch.dev
             unet, conditioning_embedding_out_channels=spec.controlnet_conditioning_channels
         )
         steer_random_model(unet, controlnet, spec.gains)
-        vae = AutoencoderKL(in_channels=3, out_channels=3, **spec.vae)
-        text_encoder = CLIPTextModel(_text_config(spec.text_encoder, vocab))
-        text_encoder_2 = CLIPTextModelWithProjection(_text_config(spec.text_encoder_2, vocab))
-        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**spec.image_encoder))
         ip_adapter = random_ip_adapter_state_dict(unet, spec.image_encoder["projection_dim"], spec.gains.swatch)
+        unet, controlnet = unet.to(dtype), controlnet.to(dtype)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, **spec.vae).to(dtype)
+        text_encoder = CLIPTextModel(_text_config(spec.text_encoder, vocab)).to(dtype)
+        text_encoder_2 = CLIPTextModelWithProjection(_text_config(spec.text_encoder_2, vocab)).to(dtype)
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**spec.image_encoder)).to(dtype)
     feature_extractor = CLIPImageProcessor(
         size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size}
     )

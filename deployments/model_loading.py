@@ -72,11 +72,11 @@ def load_pretrained(sources: ModelSources, dtype: torch.dtype, local_files_only:
 
 def build_random(profile: str, device: str, dtype: torch.dtype) -> StableDiffusionXLControlNetPipeline:
     """Random weights of the tiny or the real architecture; built on `device` so full size is quick on a GPU."""
-    components = build_random_components(profile, device=device)
+    components = build_random_components(profile, device=device, dtype=dtype)
     ip_adapter = components.pop("ip_adapter_state_dict")
     pipeline = StableDiffusionXLControlNetPipeline(**components)
-    pipeline.load_ip_adapter(ip_adapter, subfolder="", weight_name="random")
-    return pipeline if dtype == torch.float32 else pipeline.to(dtype=dtype)
+    pipeline.load_ip_adapter(ip_adapter, subfolder="", weight_name="random")  # cast to the UNet's dtype
+    return pipeline
 
 
 def load_pipeline(

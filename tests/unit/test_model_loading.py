@@ -90,3 +90,15 @@ def test_full_random_has_the_published_sdxl_shapes():
     # ControlNet: the UNet's encoder + mid block, zero convs and the Canny conditioning embedding. Pinned
     # exactly so a change to the spec shows; ~2.5 GB in fp16, the size of controlnet-canny-sdxl-1.0.
     assert count(components["controlnet"]) == 1_251_014_160
+
+
+def test_random_components_cast_as_built_hold_the_weights_a_cast_afterwards_gives():
+    """Built straight to fp16 (the full size never holds every component in fp32 at once), the
+    weights are exactly those of an fp32 build cast to fp16 afterwards."""
+    half = build_random_components("tiny-random", dtype=torch.float16)
+    full = build_random_components("tiny-random")
+    for name in ("unet", "controlnet", "vae", "text_encoder", "text_encoder_2", "image_encoder"):
+        cast = full[name].to(torch.float16).state_dict()
+        built = half[name].state_dict()
+        assert all(t.dtype == torch.float16 for t in built.values() if t.is_floating_point()), name
+        assert built.keys() == cast.keys() and all(torch.equal(built[k], cast[k]) for k in built), name
