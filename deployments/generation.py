@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, TypeVar
@@ -180,15 +181,22 @@ class SdxlTurboModel:
             return self._generate(requests)
 
     @torch.inference_mode()
-    def warm_up(self, height: int, width: int) -> None:
-        """Run every batch size once (capturing its CUDA graph), so no request pays for it."""
+    def warm_up(self, height: int, width: int, progress: Callable[[str], None] | None = None) -> None:
+        """Run every batch size once (capturing its CUDA graph), so no request pays for it.
+
+        `progress` hears one line per size: a capture that hangs or fails is then easy to place.
+        """
         control = np.zeros((height, width, 3), np.uint8)
         embeds, _ = self._image_embeddings(None)
         sizes = self.graphs.bucket_sizes if self.graphs else [1]
         with self._lock:
             for size in sizes:
+                start = time.perf_counter()
                 self._run([(CutRequest("", control, None, seed), embeds) for seed in range(size)],
                           self.ip_adapter_scale)
+                if progress is not None:
+                    what = "captured CUDA graph" if self.graphs else "ran eagerly"
+                    progress(f"warm-up: batch {size} at {width}x{height} {what} in {time.perf_counter() - start:.1f} s")
 
     def _generate(self, requests: list[CutRequest]) -> list[CutImage]:
         prepared = [(request, *self._image_embeddings(request.swatch)) for request in requests]

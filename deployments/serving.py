@@ -50,7 +50,7 @@ class SdxlTurboGenerator:
         self.model = SdxlTurboModel(loaded, num_inference_steps, acceleration=acceleration)
         # Capture every batch size's CUDA graph before the replica takes traffic: Serve routes to a
         # replica only once __init__ returns, so no request waits for a capture.
-        self.model.warm_up(image_size, image_size)
+        self.model.warm_up(image_size, image_size, progress=logger.info)
         self.storage = open_storage(storage)
         self.generate_batch.set_max_batch_size(max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
