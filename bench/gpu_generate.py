@@ -47,6 +47,7 @@ from catalog.data import load_catalog  # noqa: E402
 from catalog.prompts import build_prompt  # noqa: E402
 from catalog.swatches import render_swatch  # noqa: E402
 from deployments.generation import Acceleration, CutRequest, SdxlTurboModel, decode_swatch  # noqa: E402
+from deployments.graphs import BucketedRunner  # noqa: E402
 from deployments.model_loading import LoadedPipeline, build_random, default_dtype  # noqa: E402
 from deployments.preprocessing import ControlMapper  # noqa: E402
 
@@ -245,6 +246,17 @@ def contiguous_copy(loaded: LoadedPipeline) -> LoadedPipeline:
     return LoadedPipeline(clone, loaded.requested_profile, loaded.profile)
 
 
+def generator(loaded: LoadedPipeline, acceleration: Acceleration, simulate_graphs: bool) -> SdxlTurboModel:
+    """The generator's model; with `simulate_graphs` (CPU tests) the eager denoiser stands in for each
+    CUDA graph, so the GPU-only branches of this script run before a GPU ever sees them."""
+    if not simulate_graphs:
+        return SdxlTurboModel(loaded, acceleration=acceleration)
+    model = SdxlTurboModel(loaded, acceleration=replace(acceleration, cuda_graphs=False))
+    if acceleration.cuda_graphs:
+        model.graphs = BucketedRunner(acceleration.batch_sizes, lambda example: model.denoiser)
+    return model
+
+
 def preflight(device: torch.device, dtype: torch.dtype, results: dict, progress: Progress) -> None:
     """Before the expensive builds: the code paths only the GPU image takes, on the tiny model.
 
@@ -322,21 +334,25 @@ def measure(args: argparse.Namespace, results: dict, progress: Progress) -> None
         progress(f"GPU memory after both builds: {torch.cuda.memory_allocated(device) / 2**30:.1f} GiB allocated")
 
     start = time.perf_counter()
-    ours = SdxlTurboModel(ours_loaded)
+    acceleration = Acceleration.for_device(device)
+    if args.simulate_graphs:
+        acceleration = replace(acceleration, cuda_graphs=True, channels_last=True)
+    ours = generator(ours_loaded, acceleration, args.simulate_graphs)
     ours.warm_up(args.size, args.size, progress=lambda line: progress(f"ours {line}"))
     results["ours_startup_s"] = round(time.perf_counter() - start, 2)
     results["cuda_graphs"] = ours.describe()["cuda_graphs"]
     variants = {"ours": ours}
     if ours.graphs is not None:
         # The same model without graphs shows what the graphs buy; without channels_last, what NHWC does.
-        variants[GRAPH_FREE] = SdxlTurboModel(ours_loaded, acceleration=replace(ours.acceleration, cuda_graphs=False))
-        nchw = SdxlTurboModel(contiguous_copy(ours_loaded), acceleration=replace(ours.acceleration, channels_last=False))
+        variants[GRAPH_FREE] = SdxlTurboModel(ours_loaded, acceleration=replace(acceleration, cuda_graphs=False))
+        nchw = generator(contiguous_copy(ours_loaded), replace(acceleration, channels_last=False), args.simulate_graphs)
         nchw.warm_up(args.size, args.size, progress=lambda line: progress(f"{NCHW} {line}"))
         variants[NCHW] = nchw
         results["notes"] = ["cuDNN autotuning (torch.backends.cudnn.benchmark) is process-wide: the plain "
                             "pipeline runs with it too, which can only make the baseline faster"]
-        progress(f"GPU memory with graphs: {torch.cuda.memory_allocated(device) / 2**30:.1f} GiB allocated, "
-                 f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB peak")
+        if device.type == "cuda":
+            progress(f"GPU memory with graphs: {torch.cuda.memory_allocated(device) / 2**30:.1f} GiB allocated, "
+                     f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB peak")
 
     plain = PlainScript(plain_loaded.pipeline, args.size)
     n, seconds, rows = args.iterations, args.seconds, results["rows"]
@@ -464,6 +480,8 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
     parser.add_argument("--json", default=None, help="write the results here, after every phase")
+    parser.add_argument("--simulate-graphs", action="store_true",
+                        help="CPU tests: run the GPU-only variants with the eager denoiser in place of each graph")
     args = parser.parse_args()
     # The random profiles' byte-level tokenizer makes every prompt "too long": silence that per call.
     diffusers.utils.logging.set_verbosity_error()
