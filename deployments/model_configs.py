@@ -103,7 +103,7 @@ TINY = ArchitectureSpec(
     controlnet_conditioning_channels=(8, 8, 16, 16),
     # Chosen so that changing only the cut, the prompt, the swatch or the seed each moves a 256 px
     # render below 30 dB PSNR (tests/unit/test_generation.py), and the cut's outline shows.
-    gains=ConditioningGains(control=5.0, text=10.0, pooled_text=30.0, attention=4.0, swatch=10.0, noise=0.1,
+    gains=ConditioningGains(control=6.0, text=15.0, pooled_text=30.0, attention=6.0, swatch=10.0, noise=0.1,
                             output=10.0),
 )
 
