@@ -33,7 +33,8 @@ from serve_app.admin_schemas import (
     TokenOut,
 )
 from serve_app.api import Services, ServicesDep, _errors, _swatch_url, job_out
-from serve_app.auth import AuthError, authenticate, is_throttled, issue_token, user_for_token
+from serve_app.schemas import ErrorBody
+from serve_app.auth import AuthError, PasswordTooLong, Throttled, authenticate, issue_token, user_for_token
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/admin/login")
 UNAUTHORIZED = HTTPException(401, "invalid or expired credentials", headers={"WWW-Authenticate": "Bearer"})
@@ -52,22 +53,20 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(curren
                    responses=_errors(401))
 
 
-@login_router.post("/login", response_model=TokenOut, responses={**_errors(401), 429: {"description": "too many failures"}})
+@login_router.post("/login", response_model=TokenOut,
+                   responses={**_errors(401, 422), 429: {"model": ErrorBody, "description": "too many failures"}})
 def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, services: ServicesDep) -> TokenOut:
     """OAuth2 password flow: a bearer JWT (HS256) for an admin user. Five failures in 15 minutes for a
-    username or an address lock logins for them out with 429."""
+    username from one client address lock that pair out with 429; other clients are not affected."""
     address = request.client.host if request.client else "unknown"
-    with services.sessions.begin() as session:
-        if is_throttled(session, form.username, address):
-            raise HTTPException(429, "too many failed logins; try again later", headers={"Retry-After": "900"})
-        try:
-            user = authenticate(session, form.username, form.password, address)
-        except AuthError:
-            failed = True
-        else:
-            failed = False
-    if failed:  # the failure is committed above before answering
-        raise UNAUTHORIZED
+    try:
+        user = authenticate(services.sessions, form.username, form.password, address)
+    except PasswordTooLong as exc:
+        raise HTTPException(422, str(exc)) from None
+    except Throttled:
+        raise HTTPException(429, "too many failed logins; try again later", headers={"Retry-After": "900"}) from None
+    except AuthError:  # the failure was committed before the password was checked
+        raise UNAUTHORIZED from None
     lifetime = timedelta(minutes=services.settings.jwt_lifetime_minutes)
     return TokenOut(access_token=issue_token(user, services.jwt_secret, lifetime),
                     expires_in=int(lifetime.total_seconds()))
