@@ -19,13 +19,13 @@ from typing import Annotated, Awaitable, Callable
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
 from fastapi.responses import FileResponse, JSONResponse
-from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
 from catalog.loader import active_families, color_swatch_key, find_active_color
 from db import jobs
+from db.engine import ping
 from db.models import GenerationJob
 from deployments.storage import UPLOAD_PREFIX, LocalStorage, Storage, StorageError
 from serve_app.backpressure import BacklogGate
@@ -291,7 +291,7 @@ async def health(services: ServicesDep) -> JSONResponse:
 
     def check_database() -> None:
         with services.sessions() as session:
-            session.execute(text("SELECT 1"))
+            ping(session)
 
     for name, check in (("database", check_database), ("storage", services.storage.check)):
         try:
