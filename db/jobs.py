@@ -92,6 +92,18 @@ def find_by_idempotency_key(session: Session, key: str) -> GenerationJob | None:
     return session.scalars(select(GenerationJob).where(GenerationJob.idempotency_key == key)).one_or_none()
 
 
+def free_expired_idempotency_key(session: Session, key: str, ttl_seconds: float) -> bool:
+    """An Idempotency-Key expires `ttl_seconds` after the job it created (24 h by default, as with the
+    payment APIs that popularized them): the old job keeps everything but the key, which is free for a
+    new job. True when a key was freed."""
+    freed = session.execute(
+        update(GenerationJob)
+        .where(GenerationJob.idempotency_key == key, GenerationJob.created_at < func.now() - _seconds(ttl_seconds))
+        .values(idempotency_key=None, request_hash=None)
+    )
+    return freed.rowcount == 1
+
+
 def backlog_at_least(session: Session, limit: int) -> bool:
     """Whether `limit` or more jobs are pending; counts at most `limit` rows, so it stays cheap."""
     due = select(GenerationJob.id).where(GenerationJob.status == "pending").limit(limit).subquery()
