@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import String, case, func, select, text, tuple_, update
+from sqlalchemy import String, case, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import bindparam, cast
@@ -254,7 +254,7 @@ def release_expired_leases(session: Session, backoff_seconds: float = 2.0,
     """
     expired = [GenerationJob.status == "processing", GenerationJob.lease_expires_at < func.now()]
     if spare:
-        expired.append(~_tokens(list(spare)))
+        expired.append(or_(GenerationJob.lease_token.is_(None), ~_tokens(list(spare))))
     spent = GenerationJob.attempts >= GenerationJob.max_attempts
     rows = session.execute(
         update(GenerationJob)

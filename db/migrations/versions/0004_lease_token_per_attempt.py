@@ -16,6 +16,8 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("generation_jobs", sa.Column("lease_token", sa.String(), nullable=True))
+    # A job processing across the upgrade gets a token too, so the rescuer can tell it from live attempts.
+    op.execute("UPDATE generation_jobs SET lease_token = gen_random_uuid()::text WHERE status = 'processing'")
     # Login failures are counted per (username, client): one index serves both the count and the reset.
     op.create_index("ix_admin_login_failures_pair", "admin_login_failures", ["username", "address", "failed_at"])
 
