@@ -5,7 +5,7 @@ Routes and the runner call these by name; the SQL lives here.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Color, FabricFamily
@@ -80,3 +80,30 @@ def update_color(session: Session, color: Color, changes: dict) -> None:
 
 def delete_color(session: Session, color: Color) -> None:
     session.delete(color)
+
+
+def color_ids(session: Session) -> set[str]:
+    return set(session.scalars(select(Color.color_id)))
+
+
+def active_families(session: Session) -> list[FabricFamily]:
+    """Active families with their colors loaded (callers filter colors by status)."""
+    return list(
+        session.scalars(
+            select(FabricFamily)
+            .where(FabricFamily.status == "active")
+            .options(selectinload(FabricFamily.colors))
+            .order_by(FabricFamily.id)
+        )
+    )
+
+
+def find_active_color(session: Session, family_id: str, color_id: str) -> tuple[FabricFamily | None, Color | None]:
+    """The family (if active) and the color (if active and in that family), in one round trip."""
+    row = session.execute(
+        select(FabricFamily, Color)
+        .outerjoin(Color, and_(Color.fabric_family_id == FabricFamily.id, Color.color_id == color_id,
+                               Color.status == "active"))
+        .where(FabricFamily.family_id == family_id, FabricFamily.status == "active")
+    ).one_or_none()
+    return (row[0], row[1]) if row else (None, None)

@@ -23,8 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
-from catalog.loader import active_families, color_swatch_key, find_active_color
+from catalog.loader import color_swatch_key
 from db import jobs
+from db.catalog import active_families, find_active_color
 from db.engine import ping
 from db.models import GenerationJob
 from deployments.storage import UPLOAD_PREFIX, LocalStorage, Storage, StorageError
