@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 logger = logging.getLogger("sastre.db")
@@ -42,3 +42,8 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def ping(session: Session) -> None:
+    """The health probe: one round trip to the database (raises when it is away)."""
+    session.execute(text("SELECT 1"))

@@ -1,17 +1,23 @@
 """Job-queue operations on `generation_jobs`.
 
 The semantics follow the well-known Postgres queues (procrastinate, River): a row is claimed with
-`FOR UPDATE SKIP LOCKED` under a lease that its runner renews; every write after the claim is fenced on
-`lease_owner`, so a runner that lost its lease cannot overwrite the new owner's work; an expired lease
-puts the job back with backoff (or fails it once its attempts are spent). `NOTIFY` only wakes runners.
+`FOR UPDATE SKIP LOCKED` under a lease that its runner renews. Every claim is a new attempt with a
+fresh `lease_token`, and every write of that attempt (progress, renewal, complete, fail, cancel,
+release) is fenced on its `Lease`: once the lease lapsed and the job was re-queued, a stale attempt's
+writes change nothing, even when the same runner has claimed the job again. An expired lease puts the
+job back with backoff (or fails it once its attempts are spent). `NOTIFY` only wakes runners.
 
-Functions take a Session and never commit: the caller owns the transaction (`with maker.begin()`).
+Every state change of a job is a function here; functions take a Session and never commit: the caller
+owns the transaction (`with maker.begin()`).
 """
 
 from __future__ import annotations
 
 import uuid
-from sqlalchemy import case, func, select, text, update
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import String, case, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import bindparam, cast
@@ -19,6 +25,24 @@ from sqlalchemy.sql import bindparam, cast
 from db.models import GenerationJob
 
 NOTIFY_CHANNEL = "sastre_jobs"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One attempt at a job: the fence its writes carry."""
+
+    job_id: str
+    token: str
+
+
+def lease_of(job: GenerationJob) -> Lease:
+    return Lease(job.job_id, job.lease_token)
+
+
+def _held(lease: Lease):
+    """The WHERE clause of a fenced write: the job is still processing under this very attempt."""
+    return (GenerationJob.job_id == lease.job_id, GenerationJob.lease_token == lease.token,
+            GenerationJob.status == "processing")
 
 
 def _seconds(value: float):
@@ -68,6 +92,18 @@ def find_by_idempotency_key(session: Session, key: str) -> GenerationJob | None:
     return session.scalars(select(GenerationJob).where(GenerationJob.idempotency_key == key)).one_or_none()
 
 
+def free_expired_idempotency_key(session: Session, key: str, ttl_seconds: float) -> bool:
+    """An Idempotency-Key expires `ttl_seconds` after the job it created (24 h by default, as with the
+    payment APIs that popularized them): the old job keeps everything but the key, which is free for a
+    new job. True when a key was freed."""
+    freed = session.execute(
+        update(GenerationJob)
+        .where(GenerationJob.idempotency_key == key, GenerationJob.created_at < func.now() - _seconds(ttl_seconds))
+        .values(idempotency_key=None, request_hash=None)
+    )
+    return freed.rowcount == 1
+
+
 def backlog_at_least(session: Session, limit: int) -> bool:
     """Whether `limit` or more jobs are pending; counts at most `limit` rows, so it stays cheap."""
     due = select(GenerationJob.id).where(GenerationJob.status == "pending").limit(limit).subquery()
@@ -96,27 +132,29 @@ def cancel_requested(session: Session, job_id: str) -> bool:
     return bool(session.scalar(select(GenerationJob.cancel_requested).where(GenerationJob.job_id == job_id)))
 
 
-def mark_canceled(session: Session, job_id: str, owner: str) -> bool:
+def mark_canceled(session: Session, lease: Lease) -> bool:
     result = session.execute(
         update(GenerationJob)
-        .where(GenerationJob.job_id == job_id, GenerationJob.lease_owner == owner,
-               GenerationJob.status == "processing")
+        .where(*_held(lease))
         .values(status="canceled", completed_at=func.now(), updated_at=func.now(), lease_owner=None,
-                lease_expires_at=None)
+                lease_token=None, lease_expires_at=None)
     )
     return result.rowcount == 1
 
 
-def release_jobs(session: Session, owner: str, job_ids: list[str]) -> list[str]:
+def _tokens(leases: list[Lease]):
+    return tuple_(GenerationJob.job_id, GenerationJob.lease_token).in_([(l.job_id, l.token) for l in leases])
+
+
+def release_jobs(session: Session, leases: list[Lease]) -> list[str]:
     """Hand jobs back unfinished (graceful shutdown): pending again at once, the attempt not counted."""
-    if not job_ids:
+    if not leases:
         return []
     released = list(session.scalars(
         update(GenerationJob)
-        .where(GenerationJob.job_id.in_(job_ids), GenerationJob.lease_owner == owner,
-               GenerationJob.status == "processing")
-        .values(status="pending", attempts=GenerationJob.attempts - 1, lease_owner=None, lease_expires_at=None,
-                next_attempt_at=func.now(), updated_at=func.now())
+        .where(_tokens(leases), GenerationJob.status == "processing")
+        .values(status="pending", attempts=GenerationJob.attempts - 1, lease_owner=None, lease_token=None,
+                lease_expires_at=None, next_attempt_at=func.now(), updated_at=func.now())
         .returning(GenerationJob.job_id)
     ))
     for job_id in released:
@@ -124,11 +162,18 @@ def release_jobs(session: Session, owner: str, job_ids: list[str]) -> list[str]:
     return released
 
 
-def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float) -> list[GenerationJob]:
-    """Claim up to `limit` due pending jobs, oldest first; concurrent claimers never get the same row."""
+def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float,
+               held: list[str] = ()) -> list[GenerationJob]:
+    """Claim up to `limit` due pending jobs, oldest first; concurrent claimers never get the same row.
+
+    Each claimed row gets a fresh `lease_token` (see `lease_of`). `held` names jobs the caller still has
+    an attempt of (its lease lapsed, the job was re-queued, the attempt has not noticed yet): they are
+    left for another runner, so one runner never holds two attempts of a job.
+    """
     due = (
         select(GenerationJob.id)
-        .where(GenerationJob.status == "pending", GenerationJob.next_attempt_at <= func.now())
+        .where(GenerationJob.status == "pending", GenerationJob.next_attempt_at <= func.now(),
+               GenerationJob.job_id.not_in(list(held)))
         .order_by(GenerationJob.next_attempt_at, GenerationJob.created_at, GenerationJob.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -141,6 +186,7 @@ def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float) -
             status="processing",
             attempts=GenerationJob.attempts + 1,
             lease_owner=owner,
+            lease_token=func.gen_random_uuid().cast(String),
             lease_expires_at=func.now() + _seconds(lease_seconds),
             started_at=func.coalesce(GenerationJob.started_at, func.now()),
             updated_at=func.now(),
@@ -152,26 +198,24 @@ def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float) -
     return sorted(claimed, key=lambda job: (job.created_at, job.id))
 
 
-def renew_leases(session: Session, owner: str, job_ids: list[str], lease_seconds: float) -> set[str]:
-    """Extend the leases `owner` still holds; returns the job ids it still owns."""
-    if not job_ids:
+def renew_leases(session: Session, leases: list[Lease], lease_seconds: float) -> set[Lease]:
+    """Extend the leases whose attempts still hold their jobs; returns those leases."""
+    if not leases:
         return set()
-    rows = session.scalars(
+    rows = session.execute(
         update(GenerationJob)
-        .where(GenerationJob.job_id.in_(job_ids), GenerationJob.lease_owner == owner,
-               GenerationJob.status == "processing")
+        .where(_tokens(leases), GenerationJob.status == "processing")
         .values(lease_expires_at=func.now() + _seconds(lease_seconds))
-        .returning(GenerationJob.job_id)
+        .returning(GenerationJob.job_id, GenerationJob.lease_token)
     ).all()
-    return set(rows)
+    return {Lease(job_id, token) for job_id, token in rows}
 
 
-def record_cut(session: Session, job_id: str, owner: str, cut: str, progress: dict) -> bool:
+def record_cut(session: Session, lease: Lease, cut: str, progress: dict) -> bool:
     """Atomically set one cut's progress entry (jsonb_set), so concurrent cuts never clobber each other."""
     result = session.execute(
         update(GenerationJob)
-        .where(GenerationJob.job_id == job_id, GenerationJob.lease_owner == owner,
-               GenerationJob.status == "processing")
+        .where(*_held(lease))
         .values(
             cut_progress=func.jsonb_set(GenerationJob.cut_progress, [cut], cast(bindparam("entry", progress, type_=JSONB), JSONB)),
             updated_at=func.now(),
@@ -180,37 +224,37 @@ def record_cut(session: Session, job_id: str, owner: str, cut: str, progress: di
     return result.rowcount == 1
 
 
-def complete_job(session: Session, job_id: str, owner: str, result_urls: list[str]) -> bool:
+def complete_job(session: Session, lease: Lease, result_urls: list[str]) -> bool:
     result = session.execute(
         update(GenerationJob)
-        .where(GenerationJob.job_id == job_id, GenerationJob.lease_owner == owner,
-               GenerationJob.status == "processing")
+        .where(*_held(lease))
         .values(status="completed", result_urls=result_urls, completed_at=func.now(), updated_at=func.now(),
-                lease_owner=None, lease_expires_at=None, error_message=None)
+                lease_owner=None, lease_token=None, lease_expires_at=None, error_message=None)
     )
     return result.rowcount == 1
 
 
-def fail_job(session: Session, job_id: str, owner: str, error: str) -> bool:
+def fail_job(session: Session, lease: Lease, error: str) -> bool:
     result = session.execute(
         update(GenerationJob)
-        .where(GenerationJob.job_id == job_id, GenerationJob.lease_owner == owner,
-               GenerationJob.status == "processing")
+        .where(*_held(lease))
         .values(status="failed", error_message=error[:2000], completed_at=func.now(), updated_at=func.now(),
-                lease_owner=None, lease_expires_at=None)
+                lease_owner=None, lease_token=None, lease_expires_at=None)
     )
     return result.rowcount == 1
 
 
 def release_expired_leases(session: Session, backoff_seconds: float = 2.0,
-                           exclude_owner: str | None = None) -> list[tuple[str, str]]:
+                           spare: list[Lease] = ()) -> list[tuple[str, str]]:
     """The rescuer: jobs whose lease ran out go back to pending (exponential backoff) or fail when spent.
 
-    Returns (job_id, new status) for each job it moved. `exclude_owner` spares the caller's own jobs.
+    Returns (job_id, new status) for each job it moved. `spare` names attempts the caller is still
+    running (and renewing): a late renewal must not make a runner rescue itself. Any other expired
+    lease is rescued, the caller's own included: an attempt that died is no reason to wait forever.
     """
     expired = [GenerationJob.status == "processing", GenerationJob.lease_expires_at < func.now()]
-    if exclude_owner is not None:
-        expired.append(GenerationJob.lease_owner != exclude_owner)
+    if spare:
+        expired.append(or_(GenerationJob.lease_token.is_(None), ~_tokens(list(spare))))
     spent = GenerationJob.attempts >= GenerationJob.max_attempts
     rows = session.execute(
         update(GenerationJob)
@@ -223,9 +267,45 @@ def release_expired_leases(session: Session, backoff_seconds: float = 2.0,
             completed_at=case((spent, func.now()), else_=None),
             next_attempt_at=func.now() + _seconds(backoff_seconds) * func.power(2, GenerationJob.attempts - 1),
             lease_owner=None,
+            lease_token=None,
             lease_expires_at=None,
             updated_at=func.now(),
         )
         .returning(GenerationJob.job_id, GenerationJob.status)
     ).all()
     return [(job_id, status) for job_id, status in rows]
+
+
+def retry_failed_job(session: Session, job_id: str) -> str | None:
+    """An admin's retry: a failed job is pending again with a fresh attempt budget, keeping the cuts it
+    finished. Returns "retried", the status that forbids it, or None for an unknown job."""
+    retried = session.execute(
+        update(GenerationJob).where(GenerationJob.job_id == job_id, GenerationJob.status == "failed")
+        .values(status="pending", attempts=0, error_message=None, completed_at=None, cancel_requested=False,
+                next_attempt_at=func.now(), updated_at=func.now())
+    ).rowcount
+    if retried:
+        notify(session, job_id)
+        return "retried"
+    return session.scalar(select(GenerationJob.status).where(GenerationJob.job_id == job_id))
+
+
+def list_jobs(session: Session, *, status: str | None = None, family_id: str | None = None,
+              color_id: str | None = None, created_from: datetime | None = None,
+              created_to: datetime | None = None, before: tuple[datetime, int] | None = None,
+              limit: int = 20) -> list[GenerationJob]:
+    """Jobs newest first, filtered; `before` is the (created_at, id) of the last row of the previous page,
+    so pages stay stable while new jobs arrive."""
+    query = select(GenerationJob)
+    for column, value in ((GenerationJob.status, status), (GenerationJob.family_id, family_id),
+                          (GenerationJob.color_id, color_id)):
+        if value is not None:
+            query = query.where(column == value)
+    if created_from is not None:
+        query = query.where(GenerationJob.created_at >= created_from)
+    if created_to is not None:
+        query = query.where(GenerationJob.created_at < created_to)
+    if before is not None:
+        query = query.where(tuple_(GenerationJob.created_at, GenerationJob.id) < tuple_(*before))
+    query = query.order_by(GenerationJob.created_at.desc(), GenerationJob.id.desc()).limit(limit)
+    return list(session.scalars(query))

@@ -79,6 +79,7 @@ class GenerationJob(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=3, server_default="3")
     lease_owner: Mapped[str | None] = mapped_column(String)
+    lease_token: Mapped[str | None] = mapped_column(String)  # new on every claim: fences that attempt's writes
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     idempotency_key: Mapped[str | None] = mapped_column(String, unique=True)
@@ -102,6 +103,7 @@ class AdminLoginFailure(Base):
     __table_args__ = (
         Index("ix_admin_login_failures_username", "username", "failed_at"),
         Index("ix_admin_login_failures_address", "address", "failed_at"),
+        Index("ix_admin_login_failures_pair", "username", "address", "failed_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -14,11 +14,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
-from sqlalchemy import delete, func, select, tuple_, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from catalog.loader import color_swatch_key
 from catalog.swatches import render_swatch
+from db import catalog as fabrics
 from db import jobs
 from db.models import AdminUser, Color, FabricFamily, GenerationJob
 from serve_app.admin_schemas import (
@@ -33,7 +33,8 @@ from serve_app.admin_schemas import (
     TokenOut,
 )
 from serve_app.api import Services, ServicesDep, _errors, _swatch_url, job_out
-from serve_app.auth import AuthError, authenticate, is_throttled, issue_token, user_for_token
+from serve_app.schemas import ErrorBody
+from serve_app.auth import AuthError, PasswordTooLong, Throttled, authenticate, issue_token, user_for_token
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/admin/login")
 UNAUTHORIZED = HTTPException(401, "invalid or expired credentials", headers={"WWW-Authenticate": "Bearer"})
@@ -52,22 +53,20 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(curren
                    responses=_errors(401))
 
 
-@login_router.post("/login", response_model=TokenOut, responses={**_errors(401), 429: {"description": "too many failures"}})
+@login_router.post("/login", response_model=TokenOut,
+                   responses={**_errors(401, 422), 429: {"model": ErrorBody, "description": "too many failures"}})
 def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, services: ServicesDep) -> TokenOut:
     """OAuth2 password flow: a bearer JWT (HS256) for an admin user. Five failures in 15 minutes for a
-    username or an address lock logins for them out with 429."""
+    username from one client address lock that pair out with 429; other clients are not affected."""
     address = request.client.host if request.client else "unknown"
-    with services.sessions.begin() as session:
-        if is_throttled(session, form.username, address):
-            raise HTTPException(429, "too many failed logins; try again later", headers={"Retry-After": "900"})
-        try:
-            user = authenticate(session, form.username, form.password, address)
-        except AuthError:
-            failed = True
-        else:
-            failed = False
-    if failed:  # the failure is committed above before answering
-        raise UNAUTHORIZED
+    try:
+        user = authenticate(services.sessions, form.username, form.password, address)
+    except PasswordTooLong as exc:
+        raise HTTPException(422, str(exc)) from None
+    except Throttled:
+        raise HTTPException(429, "too many failed logins; try again later", headers={"Retry-After": "900"}) from None
+    except AuthError:  # the failure was committed before the password was checked
+        raise UNAUTHORIZED from None
     lifetime = timedelta(minutes=services.settings.jwt_lifetime_minutes)
     return TokenOut(access_token=issue_token(user, services.jwt_secret, lifetime),
                     expires_in=int(lifetime.total_seconds()))
@@ -87,8 +86,7 @@ def _family_out(services: Services, family: FabricFamily) -> FamilyAdminOut:
 
 
 def _family(session: Session, family_id: str) -> FabricFamily:
-    family = session.scalar(select(FabricFamily).where(FabricFamily.family_id == family_id)
-                            .options(selectinload(FabricFamily.colors)))
+    family = fabrics.get_family(session, family_id)
     if family is None:
         raise HTTPException(404, f"fabric family {family_id} not found")
     return family
@@ -98,20 +96,17 @@ def _family(session: Session, family_id: str) -> FabricFamily:
 def list_fabrics(services: ServicesDep) -> list[FamilyAdminOut]:
     """Every family, active or not, with all its colors."""
     with services.sessions() as session:
-        families = session.scalars(select(FabricFamily).options(selectinload(FabricFamily.colors))
-                                   .order_by(FabricFamily.id)).all()
+        families = fabrics.list_families(session)
         return [_family_out(services, f) for f in families]
 
 
 @router.post("/fabrics", status_code=201, response_model=FamilyAdminOut, responses=_errors(409, 422))
 def create_fabric(body: FamilyIn, services: ServicesDep) -> FamilyAdminOut:
     with services.sessions.begin() as session:
-        if session.scalar(select(FabricFamily.id).where(FabricFamily.family_id == body.family_id)):
+        if fabrics.family_exists(session, body.family_id):
             raise HTTPException(409, f"fabric family {body.family_id} already exists")
-        family = FabricFamily(family_id=body.family_id, display_name=body.display_name, status=body.status,
-                              collection=body.collection or services.catalog.collection)
-        session.add(family)
-        session.flush()
+        fabrics.add_family(session, family_id=body.family_id, display_name=body.display_name, status=body.status,
+                           collection=body.collection or services.catalog.collection)
         return _family_out(services, _family(session, body.family_id))
 
 
@@ -119,13 +114,11 @@ def create_fabric(body: FamilyIn, services: ServicesDep) -> FamilyAdminOut:
 def update_fabric(family_id: str, body: FamilyPatch, services: ServicesDep) -> FamilyAdminOut:
     with services.sessions.begin() as session:
         family = _family(session, family_id)
-        for name, value in body.model_dump(exclude_unset=True).items():
+        changes = body.model_dump(exclude_unset=True)
+        for name, value in changes.items():
             if value is None:
                 raise HTTPException(422, f"{name} cannot be null")
-            setattr(family, name, value)
-        family.updated_at = func.now()
-        session.flush()
-        session.refresh(family)
+        fabrics.update_family(session, family, changes)
         return _family_out(services, family)
 
 
@@ -133,9 +126,7 @@ def update_fabric(family_id: str, body: FamilyPatch, services: ServicesDep) -> F
 def delete_fabric(family_id: str, services: ServicesDep) -> Response:
     """Remove a family and its colors. Jobs keep their family and color ids, so history stays readable."""
     with services.sessions.begin() as session:
-        family = _family(session, family_id)
-        session.execute(delete(Color).where(Color.fabric_family_id == family.id))
-        session.delete(family)
+        fabrics.delete_family(session, _family(session, family_id))
     return Response(status_code=204)
 
 
@@ -165,21 +156,18 @@ def create_color(family_id: str, body: ColorIn, services: ServicesDep) -> ColorA
     _check_swatch_url(services, body.swatch_url)
     with services.sessions.begin() as session:
         family = _family(session, family_id)
-        if session.scalar(select(Color.id).where(Color.color_id == body.color_id)):
+        if fabrics.color_exists(session, body.color_id):
             raise HTTPException(409, f"color {body.color_id} already exists")
-        color = Color(fabric_family_id=family.id, **body.model_dump())
-        session.add(color)
-        session.flush()
+        color = fabrics.add_color(session, family, **body.model_dump())
         _ensure_swatch(services, family, color)
         return _color_out(services, family, color)
 
 
 def _color(session: Session, color_id: str) -> tuple[FabricFamily, Color]:
-    row = session.execute(select(FabricFamily, Color).join(Color, Color.fabric_family_id == FabricFamily.id)
-                          .where(Color.color_id == color_id)).one_or_none()
-    if row is None:
+    found = fabrics.get_color(session, color_id)
+    if found is None:
         raise HTTPException(404, f"color {color_id} not found")
-    return row[0], row[1]
+    return found
 
 
 @router.patch("/colors/{color_id}", response_model=ColorAdminOut, responses=_errors(404, 422))
@@ -191,8 +179,7 @@ def update_color(color_id: str, body: ColorPatch, services: ServicesDep) -> Colo
         for name, value in changes.items():
             if value is None and name in ("name", "hex_value", "status"):
                 raise HTTPException(422, f"{name} cannot be null")
-            setattr(color, name, value)
-        session.flush()
+        fabrics.update_color(session, color, changes)
         _ensure_swatch(services, family, color)
         return _color_out(services, family, color)
 
@@ -201,7 +188,7 @@ def update_color(color_id: str, body: ColorPatch, services: ServicesDep) -> Colo
 def delete_color(color_id: str, services: ServicesDep) -> Response:
     with services.sessions.begin() as session:
         _, color = _color(session, color_id)
-        session.delete(color)
+        fabrics.delete_color(session, color)
     return Response(status_code=204)
 
 
@@ -236,20 +223,10 @@ def list_generations(
     cursor: str | None = None,
 ) -> GenerationPage:
     """Jobs newest first, filtered; follow `next_cursor` for older pages (stable under new inserts)."""
-    query = select(GenerationJob)
-    for column, value in ((GenerationJob.status, status_filter), (GenerationJob.family_id, family_id),
-                          (GenerationJob.color_id, color_id)):
-        if value is not None:
-            query = query.where(column == value)
-    if created_from is not None:
-        query = query.where(GenerationJob.created_at >= created_from)
-    if created_to is not None:
-        query = query.where(GenerationJob.created_at < created_to)
-    if cursor is not None:
-        query = query.where(tuple_(GenerationJob.created_at, GenerationJob.id) < tuple_(*_decode_cursor(cursor)))
-    query = query.order_by(GenerationJob.created_at.desc(), GenerationJob.id.desc()).limit(limit + 1)
+    before = _decode_cursor(cursor) if cursor is not None else None
     with services.sessions() as session:
-        rows = session.scalars(query).all()
+        rows = jobs.list_jobs(session, status=status_filter, family_id=family_id, color_id=color_id,
+                              created_from=created_from, created_to=created_to, before=before, limit=limit + 1)
     page = rows[:limit]
     return GenerationPage(items=[_admin_job(job, services) for job in page],
                           next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None)
@@ -269,15 +246,10 @@ def get_generation(job_id: str, services: ServicesDep) -> AdminJobOut:
 def retry_generation(job_id: str, services: ServicesDep) -> AdminJobOut:
     """Queue a failed job again with a fresh attempt budget; cuts it already finished are kept."""
     with services.sessions.begin() as session:
-        retried = session.execute(
-            update(GenerationJob).where(GenerationJob.job_id == job_id, GenerationJob.status == "failed")
-            .values(status="pending", attempts=0, error_message=None, completed_at=None, cancel_requested=False,
-                    next_attempt_at=func.now(), updated_at=func.now())
-        ).rowcount
-        job = jobs.get_job(session, job_id)
-        if job is None:
+        outcome = jobs.retry_failed_job(session, job_id)
+        if outcome is None:
             raise HTTPException(404, f"job {job_id} not found")
-        if not retried:
-            raise HTTPException(409, f"only failed jobs can be retried; this one is {job.status}")
-        jobs.notify(session, job_id)
+        if outcome != "retried":
+            raise HTTPException(409, f"only failed jobs can be retried; this one is {outcome}")
+        job = jobs.get_job(session, job_id)
     return _admin_job(job, services)

@@ -19,13 +19,14 @@ from typing import Annotated, Awaitable, Callable
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
 from fastapi.responses import FileResponse, JSONResponse
-from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
-from catalog.loader import active_families, color_swatch_key, find_active_color
+from catalog.loader import color_swatch_key
 from db import jobs
+from db.catalog import active_families, find_active_color
+from db.engine import ping
 from db.models import GenerationJob
 from deployments.storage import UPLOAD_PREFIX, LocalStorage, Storage, StorageError
 from serve_app.backpressure import BacklogGate
@@ -150,6 +151,8 @@ async def upload_swatch(request: Request, services: ServicesDep) -> UploadOut:
 
 
 def _fingerprint(body: GenerateRequest) -> str:
+    """The whole request as it decides the result: every field of the body (cuts in their order, seed,
+    swatch_url, family, color), so a reused key with any change is a 409, never a stale replay."""
     return hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
 
 
@@ -168,7 +171,7 @@ def create_generation(
     body: GenerateRequest,
     services: ServicesDep,
     idempotency_key: Annotated[str | None, Header(max_length=255, description="retries with the same key and "
-                                                  "body return the same job")] = None,
+                                                  "body return the same job for 24 hours")] = None,
 ):
     """Validate against the catalog and queue one job; returns at once with the job id to poll."""
     unknown = [cut for cut in body.cuts if services.catalog.cut(cut) is None]
@@ -190,6 +193,7 @@ def create_generation(
 def _create(body: GenerateRequest, services: Services, idempotency_key: str | None, fingerprint: str):
     with services.sessions.begin() as session:
         if idempotency_key:
+            jobs.free_expired_idempotency_key(session, idempotency_key, services.settings.idempotency_ttl_hours * 3600)
             existing = jobs.find_by_idempotency_key(session, idempotency_key)
             if existing is not None:
                 return _replay(existing, fingerprint)
@@ -291,7 +295,7 @@ async def health(services: ServicesDep) -> JSONResponse:
 
     def check_database() -> None:
         with services.sessions() as session:
-            session.execute(text("SELECT 1"))
+            ping(session)
 
     for name, check in (("database", check_database), ("storage", services.storage.check)):
         try:

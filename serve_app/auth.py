@@ -2,7 +2,9 @@
 
 Tokens are python-jose HS256 only (the algorithm list is fixed, so `alg: none` or HS512 tokens are
 refused), must carry `sub`, `iat`, `exp` and our issuer, and are accepted only while their user still
-exists and is active.
+exists and is active. Failed logins are counted per (username, client): a stranger's guesses lock out
+only the stranger. Each try is counted before its password is checked (see `db.admin_users`), so
+parallel guesses never get more than `THROTTLE_FAILURES` password checks per window.
 """
 
 from __future__ import annotations
@@ -14,28 +16,45 @@ from pathlib import Path
 
 import bcrypt
 from jose import JWTError, jwt
-from sqlalchemy import delete, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import AdminLoginFailure, AdminUser
+from db import admin_users
+from db.models import AdminUser
 
 ALGORITHM = "HS256"
 ISSUER = "sastre"
 THROTTLE_FAILURES = 5
 THROTTLE_WINDOW = timedelta(minutes=15)
+MAX_PASSWORD_BYTES = 72  # bcrypt's limit (bcrypt 5 raises beyond it rather than truncate)
+MIN_PRODUCTION_SECRET_BYTES = 32  # HS256 key: at least the hash's output size
 
 
 class AuthError(Exception):
     """The credentials or token are not acceptable (always answered as 401, with no detail leaked)."""
 
 
+class Throttled(Exception):
+    """Too many failed logins for this (username, client) lately (answered as 429)."""
+
+
+class PasswordTooLong(ValueError):
+    """More than bcrypt accepts: a clear 422, never a 500."""
+
+    def __init__(self) -> None:
+        super().__init__(f"passwords can be at most {MAX_PASSWORD_BYTES} bytes (UTF-8), the most bcrypt accepts")
+
+
 def hash_password(password: str) -> str:
     if len(password) < 10:
         raise ValueError("passwords need at least 10 characters")
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise PasswordTooLong()
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
 
 
 def verify_password(password: str, password_hash: str) -> bool:
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        return False  # no stored hash can match it
     return bcrypt.checkpw(password.encode(), password_hash.encode())
 
 
@@ -55,31 +74,24 @@ def local_secret(data_dir: Path) -> str:
 
 
 def create_user(session: Session, username: str, password: str) -> AdminUser:
-    if session.scalar(select(AdminUser).where(AdminUser.username == username)) is not None:
+    if admin_users.find_user(session, username) is not None:
         raise ValueError(f"admin user {username!r} already exists")
-    user = AdminUser(username=username, password_hash=hash_password(password))
-    session.add(user)
-    session.flush()
-    return user
+    return admin_users.add_user(session, username, hash_password(password))
 
 
-def is_throttled(session: Session, username: str, address: str) -> bool:
-    since = datetime.now(timezone.utc) - THROTTLE_WINDOW
-    failures = session.scalar(
-        select(func.count()).select_from(AdminLoginFailure)
-        .where(AdminLoginFailure.failed_at > since,
-               or_(AdminLoginFailure.username == username, AdminLoginFailure.address == address))
-    )
-    return failures >= THROTTLE_FAILURES
-
-
-def authenticate(session: Session, username: str, password: str, address: str) -> AdminUser:
-    """The active user with these credentials; records the failure (for throttling) otherwise."""
-    user = session.scalar(select(AdminUser).where(AdminUser.username == username, AdminUser.is_active))
+def authenticate(sessions: sessionmaker[Session], username: str, password: str, address: str) -> AdminUser:
+    """The active user with these credentials. Raises `PasswordTooLong` (nothing counted), `Throttled`,
+    or `AuthError` (the try stays counted as a failure for this username and client)."""
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise PasswordTooLong()
+    with sessions.begin() as session:  # committed before the slow bcrypt check: the try is counted
+        if not admin_users.count_login_try(session, username, address, THROTTLE_FAILURES, THROTTLE_WINDOW):
+            raise Throttled()
+        user = admin_users.find_active_user(session, username)
     if not verify_password(password, user.password_hash if user else _DUMMY_HASH) or user is None:
-        session.add(AdminLoginFailure(username=username, address=address))
         raise AuthError()
-    session.execute(delete(AdminLoginFailure).where(AdminLoginFailure.username == username))
+    with sessions.begin() as session:
+        admin_users.forget_login_failures(session, username, address)
     return user
 
 
@@ -96,7 +108,7 @@ def user_for_token(session: Session, token: str, secret: str) -> AdminUser:
                             options={"require_exp": True, "require_iat": True, "require_sub": True})
     except JWTError:
         raise AuthError() from None
-    user = session.scalar(select(AdminUser).where(AdminUser.username == claims["sub"], AdminUser.is_active))
+    user = admin_users.find_active_user(session, claims["sub"])
     if user is None:
         raise AuthError()
     return user

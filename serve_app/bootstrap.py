@@ -10,7 +10,7 @@ from catalog.swatches import render_swatch, swatch_key
 from db.engine import embedded_database_url, make_engine, make_sessionmaker
 from db.migrate import upgrade
 from deployments.storage import S3Storage, Storage, open_storage
-from serve_app.auth import local_secret
+from serve_app.auth import MIN_PRODUCTION_SECRET_BYTES, local_secret
 from serve_app.settings import Settings
 
 logger = logging.getLogger("sastre.bootstrap")
@@ -27,11 +27,17 @@ def resolve_database_url(settings: Settings) -> str:
 def resolve_jwt_secret(settings: Settings) -> str:
     """The admin token key: from settings; for a local run generated once under the data directory.
 
-    A production deployment without SASTRE_JWT_SECRET refuses to start rather than invent one per node.
+    A production deployment without SASTRE_JWT_SECRET refuses to start rather than invent one per node,
+    and so does one whose secret is shorter than 32 bytes (guessable offline from any token).
     """
+    production = settings.environment == "production"
     if settings.jwt_secret is not None:
-        return settings.jwt_secret.get_secret_value()
-    if settings.environment == "production":
+        secret = settings.jwt_secret.get_secret_value()
+        if production and len(secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
+            raise RuntimeError(f"SASTRE_JWT_SECRET must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes when "
+                               "SASTRE_ENVIRONMENT=production (e.g. `openssl rand -base64 48`)")
+        return secret
+    if production:
         raise RuntimeError("SASTRE_JWT_SECRET must be set when SASTRE_ENVIRONMENT=production")
     return local_secret(settings.data_dir.resolve())
 

@@ -3,8 +3,12 @@
 It claims rows with `FOR UPDATE SKIP LOCKED` under a lease, renews the lease while it works, fans a
 job's cuts out concurrently to the worker deployments, and writes each cut's progress as it lands.
 A NOTIFY wakes it at once; a poll every `poll_seconds` is the fallback, and the same tick runs the
-rescuer that re-queues jobs whose runner died. The runner never holds more than `concurrency` jobs,
-so a burst of POSTs waits in Postgres instead of piling onto the GPUs.
+rescuer that re-queues jobs whose runner died, or whose attempt died here. The runner never holds more
+than `concurrency` jobs, so a burst of POSTs waits in Postgres instead of piling onto the GPUs.
+
+Each claim is an attempt with a lease of its own (`jobs.Lease`): every write carries it, and a write
+refused because the lease was lost stops that attempt (`LeaseLost`). A job this runner still has an
+attempt of is never claimed again by it, so it holds at most one attempt per job.
 """
 
 from __future__ import annotations
@@ -21,14 +25,14 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 import psycopg
-from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
 from catalog.prompts import build_prompt
 from db import jobs
-from db.models import Color, FabricFamily, GenerationJob
+from db.catalog import find_family_and_color
+from db.models import GenerationJob
 from deployments.storage import UPLOAD_PREFIX, Storage
 
 logger = logging.getLogger("sastre.runner")
@@ -56,6 +60,10 @@ class JobCanceled(Exception):
 
 class CutFailed(Exception):
     """A cut kept failing after its retries."""
+
+
+class LeaseLost(Exception):
+    """This attempt's lease lapsed and the job went back to the queue: the attempt must stop."""
 
 
 class CutRenderer(Protocol):
@@ -101,7 +109,9 @@ class JobRunner:
         self.upload_ttl_seconds = upload_ttl_seconds
         self._next_sweep = 0.0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.active: dict[str, asyncio.Task] = {}
+        self.db_attempts = DB_ATTEMPTS
+        self.active: dict[str, asyncio.Task] = {}  # job id -> the task of the one attempt held here
+        self.leases: dict[str, jobs.Lease] = {}  # job id -> that attempt's lease
         # Database calls block, so they run on threads: one pool sized for the jobs in hand, and one
         # thread of its own for lease renewals, which must never queue behind job work.
         self._db_threads = ThreadPoolExecutor(concurrency + 4, thread_name_prefix="runner-db")
@@ -147,7 +157,7 @@ class JobRunner:
             await asyncio.wait_for(asyncio.shield(loop_task), timeout=grace_seconds)
             return []
         except asyncio.TimeoutError:
-            unfinished = list(self.active)
+            unfinished = list(self.leases.values())
             for task in list(self.active.values()):
                 task.cancel()
             await asyncio.gather(*self.active.values(), return_exceptions=True)
@@ -156,34 +166,36 @@ class JobRunner:
             logger.warning("shutdown: released %d unfinished jobs: %s", len(released), released)
             return released
 
-    def _release(self, job_ids: list[str]) -> list[str]:
+    def _release(self, leases: list[jobs.Lease]) -> list[str]:
         with self.sessions.begin() as session:
-            return jobs.release_jobs(session, self.owner, job_ids)
+            return jobs.release_jobs(session, leases)
 
     async def claim_and_start(self) -> list[str]:
         capacity = self.concurrency - len(self.active)
         if capacity <= 0:
             return []
-        claimed = await self._in(self._db_threads, self._claim, capacity)
-        for job_id in claimed:
-            task = asyncio.create_task(self.process(job_id))
-            self.active[job_id] = task
-            task.add_done_callback(lambda _t, j=job_id: self._finished(j))
-        return claimed
+        claimed = await self._in(self._db_threads, self._claim, capacity, list(self.active))
+        for lease in claimed:
+            task = asyncio.create_task(self.process(lease))
+            self.active[lease.job_id], self.leases[lease.job_id] = task, lease
+            task.add_done_callback(lambda t, j=lease.job_id: self._finished(j, t))
+        return [lease.job_id for lease in claimed]
 
-    def _finished(self, job_id: str) -> None:
-        self.active.pop(job_id, None)
+    def _finished(self, job_id: str, task: asyncio.Task) -> None:
+        if self.active.get(job_id) is task:
+            del self.active[job_id], self.leases[job_id]
         self._wake.set()  # capacity freed: look for more work now
 
-    def _claim(self, limit: int) -> list[str]:
+    def _claim(self, limit: int, held: list[str]) -> list[jobs.Lease]:
         with self.sessions.begin() as session:
-            return [job.job_id for job in jobs.claim_jobs(session, self.owner, limit, self.lease_seconds)]
+            return [jobs.lease_of(job) for job in jobs.claim_jobs(session, self.owner, limit, self.lease_seconds, held)]
 
     def _housekeeping(self) -> None:
-        """Every tick: re-queue jobs whose runner died. Every few minutes: expire old uploads."""
+        """Every tick: re-queue jobs whose runner or attempt died. Every few minutes: expire old uploads."""
         with self.sessions.begin() as session:
-            # Our own jobs are renewed by our heartbeat: a late renewal must not make us rescue ourselves.
-            for job_id, status in jobs.release_expired_leases(session, exclude_owner=self.owner):
+            # Attempts running here are renewed by our heartbeat: a late renewal must not make us rescue
+            # ourselves. A job of ours whose attempt died (say in a database outage) is rescued like any.
+            for job_id, status in jobs.release_expired_leases(session, spare=list(self.leases.values())):
                 logger.warning("job %s lost its runner's lease; now %s", job_id, status)
         if self.storage is not None and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
@@ -208,29 +220,28 @@ class JobRunner:
     async def _heartbeat(self) -> None:
         while True:  # cancelled by run_forever once the last job is done
             await asyncio.sleep(self.lease_seconds / 3)
-            asked = list(self.active)
+            asked = list(self.leases.values())
             try:
                 held = await self._in(self._lease_thread, self._renew, asked)
             except Exception as exc:
                 logger.warning("lease renewal failed: %s", exc)
                 continue
-            # Only jobs we asked about can be lost; jobs claimed meanwhile have fresh leases.
-            for job_id in set(asked) - held:
-                if job_id in self.active:
-                    logger.warning("job %s: lease lost to another runner; abandoning it", job_id)
-                    self.active[job_id].cancel()
+            # Only attempts we asked about can be lost; attempts started meanwhile have fresh leases.
+            for lease in set(asked) - held:
+                if self.leases.get(lease.job_id) == lease:
+                    logger.warning("job %s: lease lost (re-queued); abandoning this attempt", lease.job_id)
+                    self.active[lease.job_id].cancel()
 
-    def _renew(self, job_ids: list[str]) -> set[str]:
+    def _renew(self, leases: list[jobs.Lease]) -> set[jobs.Lease]:
         with self.sessions.begin() as session:
-            return jobs.renew_leases(session, self.owner, job_ids, self.lease_seconds)
+            return jobs.renew_leases(session, leases, self.lease_seconds)
 
     # -- one job -----------------------------------------------------------------------------------
     def _plan(self, job_id: str) -> tuple[list[CutTask], dict[str, dict]]:
         """The job's cuts as tasks, and the progress entries of cuts an earlier attempt already finished."""
         with self.sessions.begin() as session:
             job = jobs.get_job(session, job_id)
-            family = session.scalars(select(FabricFamily).where(FabricFamily.family_id == job.family_id)).one_or_none()
-            color = session.scalars(select(Color).where(Color.color_id == job.color_id)).one_or_none()
+            family, color = find_family_and_color(session, job.family_id, job.color_id)
             if family is None or color is None:
                 raise LookupError(f"fabric {job.family_id}/{job.color_id} is no longer in the catalog")
             family_spec = self.catalog.family(family.family_id)
@@ -258,51 +269,56 @@ class JobRunner:
     async def _db(self, fn, *args):
         """Run a blocking database call off the loop, riding out a database restart of up to ~30 s."""
         delay = 0.2
-        for attempt in range(DB_ATTEMPTS):
+        for attempt in range(self.db_attempts):
             try:
                 return await self._in(self._db_threads, fn, *args)
             except (OperationalError, InterfaceError) as exc:
-                if attempt == DB_ATTEMPTS - 1:
+                if attempt == self.db_attempts - 1:
                     raise
                 logger.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _record(self, job_id: str, cut: str, entry: dict) -> None:
+    def _record(self, lease: jobs.Lease, cut: str, entry: dict) -> None:
         with self.sessions.begin() as session:
-            jobs.record_cut(session, job_id, self.owner, cut, entry)
+            if not jobs.record_cut(session, lease, cut, entry):
+                raise LeaseLost(lease.job_id)
 
     def _cancel_requested(self, job_id: str) -> bool:
         with self.sessions() as session:
             return jobs.cancel_requested(session, job_id)
 
-    async def process(self, job_id: str) -> None:
+    async def process(self, lease: jobs.Lease) -> None:
+        job_id = lease.job_id
         try:
             tasks, done = await self._db(self._plan, job_id)
             async with asyncio.TaskGroup() as group:
-                running = {t.cut: group.create_task(self._run_cut(t)) for t in tasks if t.cut not in done}
+                running = {t.cut: group.create_task(self._run_cut(lease, t)) for t in tasks if t.cut not in done}
             results = {**done, **{cut: task.result() for cut, task in running.items()}}
             if await self._db(self._cancel_requested, job_id):
                 raise JobCanceled()
         except Exception as exc:
             errors = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
+            if any(isinstance(error, LeaseLost) for error in errors):
+                logger.warning("job %s: this attempt lost its lease (the job was re-queued); stopping it", job_id)
+                return
             if any(isinstance(error, JobCanceled) for error in errors):
-                await self._db(self._finish, jobs.mark_canceled, job_id)
+                await self._db(self._finish, jobs.mark_canceled, lease)
                 logger.info("job %s canceled", job_id)
                 return
             first = errors[0]
             logger.error("job %s failed: %s: %s", job_id, type(first).__name__, first)
-            await self._db(self._finish, jobs.fail_job, job_id, f"{type(first).__name__}: {first}")
+            await self._db(self._finish, jobs.fail_job, lease, f"{type(first).__name__}: {first}")
             return
-        await self._db(self._finish, jobs.complete_job, job_id, [results[t.cut]["url"] for t in tasks])
-        logger.info("job %s completed (%d cuts, %d reused from an earlier attempt)", job_id, len(tasks), len(done))
+        if await self._db(self._finish, jobs.complete_job, lease, [results[t.cut]["url"] for t in tasks]):
+            logger.info("job %s completed (%d cuts, %d reused from an earlier attempt)", job_id, len(tasks), len(done))
 
-    async def _run_cut(self, task: CutTask) -> dict:
+    async def _run_cut(self, lease: jobs.Lease, task: CutTask) -> dict:
         """One cut, retried with backoff; the cancel flag is checked at every cut boundary."""
         for attempt in range(1, self.cut_attempts + 1):
             if await self._db(self._cancel_requested, task.job_id):
                 raise JobCanceled()
-            await self._db(self._record, task.job_id, task.cut,
+            await self._db(self._record, lease, task.cut,
                            {"status": "processing", "seed": task.seed, "attempt": attempt})
             try:
                 result = await self.renderer.render(task)
@@ -318,9 +334,14 @@ class JobRunner:
         entry = {"status": "completed", "seed": task.seed, "url": result["url"], "key": result["key"],
                  "ip_adapter_fallback": result["ip_adapter_fallback"], "attempt": attempt,
                  "finished_at": datetime.now(timezone.utc).isoformat()}
-        await self._db(self._record, task.job_id, task.cut, entry)
+        await self._db(self._record, lease, task.cut, entry)
         return entry
 
-    def _finish(self, operation, job_id: str, *args) -> None:
+    def _finish(self, operation, lease: jobs.Lease, *args) -> bool:
+        """The attempt's last write; False (and nothing changed) when the attempt had lost its lease."""
         with self.sessions.begin() as session:
-            operation(session, job_id, self.owner, *args)
+            if operation(session, lease, *args):
+                return True
+        logger.warning("job %s: its lease was lost before %s; the write was refused", lease.job_id,
+                       operation.__name__)
+        return False

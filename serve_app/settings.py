@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     cut_attempts: int = Field(default=4, ge=1, description="tries per cut before the job fails")
     cut_retry_seconds: float = Field(default=1.0, ge=0, description="first retry delay; doubles each time")
     max_pending_jobs: int = Field(default=1000, ge=1, description="backlog above which POST /generate answers 429")
+    idempotency_ttl_hours: float = Field(default=24, gt=0, description="an Idempotency-Key replays its job this long")
     shutdown_grace_seconds: float = Field(default=15.0, ge=0, description="runner: finish jobs in hand, then release")
 
     @property

@@ -11,7 +11,7 @@ import pytest
 from jose import jwt
 from sqlalchemy import select
 
-from db.models import AdminUser
+from db.models import AdminLoginFailure, AdminUser
 from serve_app import cli
 from serve_app.auth import (
     AuthError,
@@ -51,10 +51,11 @@ def test_tokens_round_trip_and_expire(sessions):
 def test_authenticate_records_failures(sessions):
     with sessions.begin() as s:
         create_user(s, "bob", "a long enough secret")
-    with pytest.raises(AuthError), sessions.begin() as s:
-        authenticate(s, "nobody", "whatever", "10.0.0.1")
-    with sessions.begin() as s:
-        assert authenticate(s, "bob", "a long enough secret", "10.0.0.1").username == "bob"
+    with pytest.raises(AuthError):
+        authenticate(sessions, "nobody", "whatever", "10.0.0.1")
+    with sessions() as s:
+        assert s.scalar(select(AdminLoginFailure.username)) == "nobody"
+    assert authenticate(sessions, "bob", "a long enough secret", "10.0.0.1").username == "bob"
 
 
 def test_local_secret_is_made_once_and_private(tmp_path):
@@ -82,3 +83,26 @@ def test_create_admin_cli(sessions, database_url, tmp_path, monkeypatch, capsys)
     monkeypatch.setattr("sys.stdin", io.StringIO("a long enough secret\n"))
     with pytest.raises(SystemExit, match="already exists"):
         cli.main(["create-admin", "carol", "--password-stdin"])
+
+
+def test_production_refuses_to_start_with_a_short_jwt_secret(tmp_path):
+    from serve_app.app import build_app
+
+    with pytest.raises(RuntimeError, match="at least 32 bytes"):
+        build_app({"environment": "production", "jwt_secret": "s" * 31, "data_dir": str(tmp_path)})
+    assert resolve_jwt_secret(Settings(environment="production", jwt_secret="s" * 32, data_dir=tmp_path)) == "s" * 32
+    assert resolve_jwt_secret(Settings(environment="local", jwt_secret="short", data_dir=tmp_path)) == "short"
+
+
+def test_passwords_longer_than_bcrypt_accepts_are_refused_clearly():
+    with pytest.raises(ValueError, match="72 bytes"):
+        hash_password("é" * 40)  # 80 bytes in UTF-8
+    assert not verify_password("é" * 40, hash_password("a long enough secret"))
+
+
+def test_python_jose_is_a_release_without_the_2024_cves():
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    assert Version(version("python-jose")) >= Version("3.4.0")  # CVE-2024-33663, CVE-2024-33664

@@ -79,13 +79,13 @@ def test_concurrent_claims_never_share_a_row(sessions):
     assert set(claimed) == ids
 
 
-def test_record_cut_updates_one_entry_and_is_fenced_by_owner(sessions):
+def test_record_cut_updates_one_entry_and_is_fenced_by_the_lease(sessions):
     [job_id] = _create(sessions)
     with sessions.begin() as s:
-        jobs.claim_jobs(s, "owner", 1, 30)
+        [job] = jobs.claim_jobs(s, "owner", 1, 30)
     with sessions.begin() as s:
-        assert jobs.record_cut(s, job_id, "owner", "recto", {"status": "completed", "url": "u1", "seed": 100})
-        assert not jobs.record_cut(s, job_id, "intruder", "cruzado", {"status": "completed"})
+        assert jobs.record_cut(s, jobs.lease_of(job), "recto", {"status": "completed", "url": "u1", "seed": 100})
+        assert not jobs.record_cut(s, jobs.Lease(job_id, "intruder"), "cruzado", {"status": "completed"})
     with sessions() as s:
         progress = jobs.get_job(s, job_id).cut_progress
     assert progress["recto"] == {"status": "completed", "url": "u1", "seed": 100}
@@ -95,11 +95,11 @@ def test_record_cut_updates_one_entry_and_is_fenced_by_owner(sessions):
 def test_complete_and_fail(sessions):
     a, b = _create(sessions, 2)
     with sessions.begin() as s:
-        jobs.claim_jobs(s, "o", 2, 30)
+        leases = {j.job_id: jobs.lease_of(j) for j in jobs.claim_jobs(s, "o", 2, 30)}
     with sessions.begin() as s:
-        assert not jobs.complete_job(s, a, "someone-else", ["x"])
-        assert jobs.complete_job(s, a, "o", ["u1", "u2"])
-        assert jobs.fail_job(s, b, "o", "boom")
+        assert not jobs.complete_job(s, jobs.Lease(a, "someone-else"), ["x"])
+        assert jobs.complete_job(s, leases[a], ["u1", "u2"])
+        assert jobs.fail_job(s, leases[b], "boom")
     with sessions() as s:
         done, failed = jobs.get_job(s, a), jobs.get_job(s, b)
     assert (done.status, done.result_urls, done.lease_owner) == ("completed", ["u1", "u2"], None)
@@ -133,10 +133,11 @@ def test_expired_lease_goes_back_to_pending_then_fails_when_attempts_spent(sessi
 def test_renew_keeps_only_owned_leases(sessions):
     a, b = _create(sessions, 2)
     with sessions.begin() as s:
-        jobs.claim_jobs(s, "me", 1, 1)
-        jobs.claim_jobs(s, "other", 1, 1)
+        [mine] = jobs.claim_jobs(s, "me", 1, 1)
+        [theirs] = jobs.claim_jobs(s, "other", 1, 1)
     with sessions.begin() as s:
-        assert jobs.renew_leases(s, "me", [a, b], 60) == {a}
+        assert jobs.renew_leases(s, [jobs.lease_of(mine), jobs.Lease(b, "not-theirs")], 60) == {jobs.lease_of(mine)}
+    assert theirs.job_id == b
     with sessions() as s:
         left = s.scalar(text("SELECT extract(epoch FROM lease_expires_at - now()) FROM generation_jobs WHERE job_id = :j"), {"j": a})
     assert left > 50
@@ -145,10 +146,10 @@ def test_renew_keeps_only_owned_leases(sessions):
 def test_cancel_pending_processing_and_final(sessions):
     pending, processing, done = _create(sessions, 3)
     with sessions.begin() as s:
-        jobs.claim_jobs(s, "o", 3, 30)
+        leases = {j.job_id: jobs.lease_of(j) for j in jobs.claim_jobs(s, "o", 3, 30)}
         s.execute(update(GenerationJob).where(GenerationJob.job_id == pending)
-                  .values(status="pending", lease_owner=None))
-        jobs.complete_job(s, done, "o", ["u"])
+                  .values(status="pending", lease_owner=None, lease_token=None))
+        jobs.complete_job(s, leases[done], ["u"])
     with sessions.begin() as s:
         assert jobs.request_cancel(s, pending) == "canceled"
         assert jobs.request_cancel(s, processing) == "requested"
@@ -158,8 +159,8 @@ def test_cancel_pending_processing_and_final(sessions):
         assert jobs.get_job(s, pending).status == "canceled"
         assert jobs.get_job(s, processing).status == "processing" and jobs.cancel_requested(s, processing)
     with sessions.begin() as s:
-        assert not jobs.mark_canceled(s, processing, "someone-else")
-        assert jobs.mark_canceled(s, processing, "o")
+        assert not jobs.mark_canceled(s, jobs.Lease(processing, "someone-else"))
+        assert jobs.mark_canceled(s, leases[processing])
     with sessions() as s:
         assert jobs.get_job(s, processing).status == "canceled"
 
@@ -169,12 +170,12 @@ def test_release_returns_jobs_without_spending_an_attempt(sessions, database_url
 
     a, b = _create(sessions, 2)
     with sessions.begin() as s:
-        jobs.claim_jobs(s, "leaving", 1, 30)
+        [leaving] = jobs.claim_jobs(s, "leaving", 1, 30)
         jobs.claim_jobs(s, "staying", 1, 30)
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute(f"LISTEN {jobs.NOTIFY_CHANNEL}")
         with sessions.begin() as s:
-            assert jobs.release_jobs(s, "leaving", [a, b]) == [a]
+            assert jobs.release_jobs(s, [jobs.lease_of(leaving), jobs.Lease(b, "not-mine")]) == [a]
         assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == [a]
     with sessions() as s:
         released, kept = jobs.get_job(s, a), jobs.get_job(s, b)
@@ -209,10 +210,76 @@ def test_idempotency_key_is_unique(sessions):
 def test_rescuer_spares_the_callers_own_jobs(sessions):
     mine, theirs = _create(sessions, 2)
     with sessions.begin() as s:
-        jobs.claim_jobs(s, "me", 1, 30)
+        [running] = jobs.claim_jobs(s, "me", 1, 30)
         jobs.claim_jobs(s, "dead", 1, 30)
         s.execute(update(GenerationJob).values(lease_expires_at=text("now() - interval '1 second'")))
     with sessions.begin() as s:
-        assert jobs.release_expired_leases(s, exclude_owner="me") == [(theirs, "pending")]
+        assert jobs.release_expired_leases(s, spare=[jobs.lease_of(running)]) == [(theirs, "pending")]
     with sessions() as s:
         assert jobs.get_job(s, mine).status == "processing"
+
+
+def test_a_stale_attempt_cannot_write_after_its_runner_claimed_the_job_again(sessions):
+    """The fence is the attempt's lease token, not the runner: the same runner's old attempt is refused."""
+    [job_id] = _create(sessions)
+    with sessions.begin() as s:
+        [first] = jobs.claim_jobs(s, "runner", 1, 30)
+        stale = jobs.lease_of(first)
+    with sessions.begin() as s:
+        s.execute(update(GenerationJob).where(GenerationJob.job_id == job_id)
+                  .values(lease_expires_at=text("now() - interval '1 second'")))
+        assert jobs.release_expired_leases(s, backoff_seconds=0) == [(job_id, "pending")]
+    with sessions.begin() as s:
+        [second] = jobs.claim_jobs(s, "runner", 1, 30)  # the same runner claims it again: a new attempt
+        current = jobs.lease_of(second)
+    assert stale.token and current.token and stale.token != current.token
+    with sessions.begin() as s:
+        assert not jobs.record_cut(s, stale, "recto", {"status": "completed", "url": "stale"})
+        assert jobs.renew_leases(s, [stale], 60) == set()
+        assert not jobs.complete_job(s, stale, ["stale"])
+        assert not jobs.fail_job(s, stale, "stale")
+        assert not jobs.mark_canceled(s, stale)
+        assert jobs.release_jobs(s, [stale]) == []
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    assert (job.status, job.attempts, job.lease_token) == ("processing", 2, current.token)
+    assert job.cut_progress["recto"] == {"status": "pending", "seed": 100}
+    with sessions.begin() as s:
+        assert jobs.renew_leases(s, [stale, current], 60) == {current}
+        assert jobs.complete_job(s, current, ["u1", "u2"])
+    with sessions() as s:
+        done = jobs.get_job(s, job_id)
+    assert (done.status, done.result_urls, done.lease_token) == ("completed", ["u1", "u2"], None)
+
+
+def test_the_rescuer_spares_only_attempts_still_running(sessions):
+    """A runner's own expired lease is rescued unless that attempt is alive in the runner."""
+    alive, dead, from_before_tokens = _create(sessions, 3)
+    with sessions.begin() as s:
+        claimed = {j.job_id: jobs.lease_of(j) for j in jobs.claim_jobs(s, "me", 3, 30)}
+        s.execute(update(GenerationJob).values(lease_expires_at=text("now() - interval '1 second'")))
+        s.execute(update(GenerationJob).where(GenerationJob.job_id == from_before_tokens).values(lease_token=None))
+    with sessions.begin() as s:
+        moved = jobs.release_expired_leases(s, spare=[claimed[alive]])
+    assert sorted(moved) == sorted([(dead, "pending"), (from_before_tokens, "pending")])
+    with sessions() as s:
+        assert jobs.get_job(s, alive).status == "processing"
+
+
+def test_retrying_a_failed_job_queues_it_with_a_fresh_budget(sessions, database_url):
+    import psycopg
+
+    failed, running = _create(sessions, 2)
+    with sessions.begin() as s:
+        leases = {j.job_id: jobs.lease_of(j) for j in jobs.claim_jobs(s, "o", 2, 30)}
+        jobs.fail_job(s, leases[failed], "boom")
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {jobs.NOTIFY_CHANNEL}")
+        with sessions.begin() as s:
+            assert jobs.retry_failed_job(s, failed) == "retried"
+            assert jobs.retry_failed_job(s, running) == "processing"
+            assert jobs.retry_failed_job(s, "no-such-job") is None
+        assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == [failed]
+    with sessions() as s:
+        job = jobs.get_job(s, failed)
+    assert (job.status, job.attempts, job.error_message, job.completed_at) == ("pending", 0, None, None)

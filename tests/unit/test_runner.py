@@ -7,17 +7,20 @@ import io
 
 import pytest
 from PIL import Image
+from sqlalchemy import text, update
 
 from catalog.data import load_catalog
 from catalog.loader import sync_catalog
 from db import jobs
+from db.engine import make_engine, make_sessionmaker
+from db.models import GenerationJob
 from deployments.finishing import Finisher
 from deployments.generation import SdxlTurboModel
 from deployments.preprocessing import ControlMapper
 from deployments.storage import LocalStorage
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.renderers import LocalCutRenderer
-from serve_app.runner import JobRunner
+from serve_app.runner import JobRunner, result_key
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +247,148 @@ def test_notify_wakes_an_idle_runner_long_before_its_poll(runner, sessions):
         job = jobs.get_job(s, job_id)
     pickup = (job.started_at - job.created_at).total_seconds()
     assert pickup < 0.25, f"picked up after {pickup:.3f} s"
+
+
+class Gated:
+    """A renderer the test steers: render n waits until gate n opens, and its URL names n."""
+
+    def __init__(self) -> None:
+        self.renders = 0
+        self.gates: dict[int, asyncio.Event] = {}
+
+    def gate(self, n: int) -> asyncio.Event:
+        return self.gates.setdefault(n, asyncio.Event())
+
+    async def render(self, task):
+        self.renders += 1
+        n = self.renders
+        await self.gate(n).wait()
+        return {"url": f"http://r/{task.result_key}?render={n}", "key": f"{task.result_key}#{n}",
+                "seed": task.seed, "ip_adapter_fallback": False}
+
+
+async def _until(predicate, timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+def _lapse_and_rescue(sessions, job_id: str) -> None:
+    """What a paused runner sees on waking: its lease ran out and another runner's rescuer re-queued the job."""
+    with sessions.begin() as s:
+        s.execute(update(GenerationJob).where(GenerationJob.job_id == job_id)
+                  .values(lease_expires_at=text("now() - interval '1 second'")))
+        assert jobs.release_expired_leases(s, backoff_seconds=0) == [(job_id, "pending")]
+
+
+def test_a_stale_attempt_cannot_complete_a_job_its_runner_claimed_again(runner, sessions):
+    runner, _ = runner
+    runner.renderer = gated = Gated()
+    runner.poll_seconds = 30  # the test, not the poll, decides when the runner looks for work
+    job_id = _create(sessions, ["recto"])
+
+    async def scenario():
+        loop = asyncio.create_task(runner.run_forever())
+        await _until(lambda: gated.renders == 1)
+        first = runner.active[job_id]
+        _lapse_and_rescue(sessions, job_id)
+        reclaimed = await runner.claim_and_start()  # the same runner looks for work while attempt 1 lives
+        gated.gate(1).set()  # attempt 1 resumes and tries to write its render
+        await asyncio.wait([first], timeout=10)
+        for n in range(2, 6):
+            gated.gate(n).set()
+
+        def settled():
+            with sessions() as s:
+                return jobs.get_job(s, job_id).status in ("completed", "failed") and not runner.active
+        await _until(settled)
+        runner.stop()
+        await loop
+        return reclaimed
+
+    reclaimed = asyncio.run(scenario())
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    # Exactly one attempt's writes landed: the job holds render 2's result, not the stale render 1's.
+    assert job.status == "completed"
+    assert job.result_urls == [f"http://r/{result_key(job, 'recto')}?render=2"]
+    assert job.cut_progress["recto"]["url"].endswith("?render=2")
+    assert (job.attempts, gated.renders) == (2, 2)
+    assert reclaimed == []  # a runner never holds two attempts of one job
+
+
+def test_a_stale_attempt_is_stopped_by_the_heartbeat_before_it_renders_again(runner, sessions):
+    runner, _ = runner
+    runner.renderer = gated = Gated()
+    runner.lease_seconds = 0.6  # heartbeat every 0.2 s
+    runner.poll_seconds = 30
+    job_id = _create(sessions, ["recto"])
+
+    async def scenario():
+        loop = asyncio.create_task(runner.run_forever())
+        await _until(lambda: gated.renders == 1)
+        first = runner.active[job_id]
+        _lapse_and_rescue(sessions, job_id)
+        await asyncio.wait([first], timeout=5)  # never opened: only the heartbeat can end it
+        stopped = first.done()
+        for n in range(2, 6):
+            gated.gate(n).set()
+
+        def settled():
+            with sessions() as s:
+                return jobs.get_job(s, job_id).status in ("completed", "failed") and not runner.active
+        await _until(settled)
+        runner.stop()
+        await loop
+        return stopped
+
+    assert asyncio.run(scenario())
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    assert job.status == "completed" and job.result_urls[0].endswith("?render=2")
+    assert (job.attempts, gated.renders) == (2, 2)
+
+
+def test_a_job_whose_attempt_died_in_a_database_outage_is_rescued_by_its_own_runner(runner, sessions):
+    """The attempt's last writes fail (database away longer than the retries) and the task dies; the
+    same, still running runner must put the job back instead of leaving it `processing` forever."""
+    runner, _ = runner
+    healthy = runner.sessions
+    outage = make_sessionmaker(make_engine("postgresql://postgres@127.0.0.1:9/nowhere"))
+    runner.lease_seconds, runner.poll_seconds, runner.db_attempts = 0.6, 0.1, 2
+    inner = runner.renderer
+
+    class DatabaseGoesAway:
+        renders = 0
+
+        async def render(self, task):
+            DatabaseGoesAway.renders += 1
+            result = await inner.render(task)
+            if DatabaseGoesAway.renders == 1:
+                runner.sessions = outage  # every database call of this attempt from here on fails
+            return result
+
+    runner.renderer = DatabaseGoesAway()
+    job_id = _create(sessions, ["recto"])
+
+    async def scenario():
+        loop = asyncio.create_task(runner.run_forever())
+        await _until(lambda: DatabaseGoesAway.renders == 1)
+        first = runner.active[job_id]
+        await asyncio.wait([first], timeout=20)
+        assert first.done() and first.exception() is not None  # the attempt died with the outage
+        runner.sessions = healthy  # the database is back; the runner itself never stopped
+
+        def settled():
+            with sessions() as s:
+                return jobs.get_job(s, job_id).status in ("completed", "failed")
+        try:
+            await _until(settled, timeout=15)
+        finally:
+            runner.stop()
+            await loop
+
+    asyncio.run(scenario())
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    assert (job.status, job.attempts, DatabaseGoesAway.renders) == ("completed", 2, 2)

@@ -1,0 +1,109 @@
+"""Catalog queries and changes: fabric families and their colors.
+
+Routes and the runner call these by name; the SQL lives here.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, delete, func, select
+from sqlalchemy.orm import Session, selectinload
+
+from db.models import Color, FabricFamily
+
+
+def find_family_and_color(session: Session, family_id: str, color_id: str) -> tuple[FabricFamily | None, Color | None]:
+    """The family and the color a job names, whatever their status (a queued job still renders a color
+    deactivated after it was accepted); None for one that was deleted."""
+    family = session.scalars(select(FabricFamily).where(FabricFamily.family_id == family_id)).one_or_none()
+    color = session.scalars(select(Color).where(Color.color_id == color_id)).one_or_none()
+    return family, color
+
+
+def list_families(session: Session) -> list[FabricFamily]:
+    """Every family, active or not, with all its colors loaded."""
+    return list(session.scalars(select(FabricFamily).options(selectinload(FabricFamily.colors))
+                                .order_by(FabricFamily.id)))
+
+
+def get_family(session: Session, family_id: str) -> FabricFamily | None:
+    return session.scalar(select(FabricFamily).where(FabricFamily.family_id == family_id)
+                          .options(selectinload(FabricFamily.colors)))
+
+
+def family_exists(session: Session, family_id: str) -> bool:
+    return session.scalar(select(FabricFamily.id).where(FabricFamily.family_id == family_id)) is not None
+
+
+def add_family(session: Session, **fields) -> FabricFamily:
+    family = FabricFamily(**fields)
+    session.add(family)
+    session.flush()
+    return family
+
+
+def update_family(session: Session, family: FabricFamily, changes: dict) -> None:
+    for name, value in changes.items():
+        setattr(family, name, value)
+    family.updated_at = func.now()
+    session.flush()
+    session.refresh(family)
+
+
+def delete_family(session: Session, family: FabricFamily) -> None:
+    """A family goes with its colors; jobs keep their family and color ids, so history stays readable."""
+    session.execute(delete(Color).where(Color.fabric_family_id == family.id))
+    session.delete(family)
+
+
+def get_color(session: Session, color_id: str) -> tuple[FabricFamily, Color] | None:
+    row = session.execute(select(FabricFamily, Color).join(Color, Color.fabric_family_id == FabricFamily.id)
+                          .where(Color.color_id == color_id)).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+def color_exists(session: Session, color_id: str) -> bool:
+    return session.scalar(select(Color.id).where(Color.color_id == color_id)) is not None
+
+
+def add_color(session: Session, family: FabricFamily, **fields) -> Color:
+    color = Color(fabric_family_id=family.id, **fields)
+    session.add(color)
+    session.flush()
+    return color
+
+
+def update_color(session: Session, color: Color, changes: dict) -> None:
+    for name, value in changes.items():
+        setattr(color, name, value)
+    session.flush()
+
+
+def delete_color(session: Session, color: Color) -> None:
+    session.delete(color)
+
+
+def color_ids(session: Session) -> set[str]:
+    return set(session.scalars(select(Color.color_id)))
+
+
+def active_families(session: Session) -> list[FabricFamily]:
+    """Active families with their colors loaded (callers filter colors by status)."""
+    return list(
+        session.scalars(
+            select(FabricFamily)
+            .where(FabricFamily.status == "active")
+            .options(selectinload(FabricFamily.colors))
+            .order_by(FabricFamily.id)
+        )
+    )
+
+
+def find_active_color(session: Session, family_id: str, color_id: str) -> tuple[FabricFamily | None, Color | None]:
+    """The family (if active) and the color (if active and in that family), in one round trip."""
+    row = session.execute(
+        select(FabricFamily, Color)
+        .outerjoin(Color, and_(Color.fabric_family_id == FabricFamily.id, Color.color_id == color_id,
+                               Color.status == "active"))
+        .where(FabricFamily.family_id == family_id, FabricFamily.status == "active")
+    ).one_or_none()
+    return (row[0], row[1]) if row else (None, None)
