@@ -33,6 +33,7 @@ from serve_app.admin_schemas import (
     TokenOut,
 )
 from serve_app.api import Services, ServicesDep, _errors, _swatch_url, job_out
+from serve_app.routing import StorableTextRoute
 from serve_app.auth import AuthError, authenticate, is_throttled, issue_token, user_for_token
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/admin/login")
@@ -47,9 +48,9 @@ def current_admin(token: Annotated[str, Depends(oauth2)], services: ServicesDep)
             raise UNAUTHORIZED from None
 
 
-login_router = APIRouter(prefix="/admin", tags=["admin"])
+login_router = APIRouter(prefix="/admin", tags=["admin"], route_class=StorableTextRoute)
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(current_admin)],
-                   responses=_errors(401))
+                   responses=_errors(401), route_class=StorableTextRoute)
 
 
 @login_router.post("/login", response_model=TokenOut, responses={**_errors(401), 429: {"description": "too many failures"}})

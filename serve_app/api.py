@@ -29,6 +29,7 @@ from db import jobs
 from db.models import GenerationJob
 from deployments.storage import UPLOAD_PREFIX, LocalStorage, Storage, StorageError
 from serve_app.backpressure import BacklogGate
+from serve_app.routing import StorableTextRoute
 from serve_app.schemas import (
     CatalogOut,
     ColorOut,
@@ -63,7 +64,7 @@ class Services:
             self.backlog = BacklogGate(self.settings.max_pending_jobs)
 
 
-router = APIRouter()
+router = APIRouter(route_class=StorableTextRoute)
 
 
 def get_services(request: Request) -> Services:
@@ -129,7 +130,7 @@ MULTIPART_BODY = {
 
 
 @router.post("/upload-swatch", status_code=status.HTTP_201_CREATED, response_model=UploadOut, tags=["jobs"],
-             responses=_errors(413, 415, 422, 503), openapi_extra=MULTIPART_BODY)
+             responses=_errors(400, 413, 415, 422, 503), openapi_extra=MULTIPART_BODY)
 async def upload_swatch(request: Request, services: ServicesDep) -> UploadOut:
     """Store a customer's swatch photo for use as `swatch_url`; it expires after 24 hours.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -117,3 +118,57 @@ def test_backlog_gate_rechecks_at_most_every_ttl(api, sessions):
         assert not gate.is_full(s)  # cached for the TTL: no query per request
         gate._checked_at -= 61
         assert gate.is_full(s)
+
+
+SECRET = "unit-test-signing-key-of-at-least-32-bytes"
+
+
+def admin_token(sessions) -> str:
+    from datetime import timedelta
+
+    from serve_app.auth import create_user, issue_token
+
+    with sessions.begin() as s:
+        user = create_user(s, "unit-admin", "correct horse battery staple")
+    return issue_token(user, SECRET, timedelta(minutes=5))
+
+
+UNSTORABLE = ["nul\x00byte", "lone \ud800 surrogate"]
+
+
+@pytest.mark.parametrize("text", UNSTORABLE, ids=["NUL", "surrogate"])
+def test_text_postgresql_cannot_store_is_a_4xx_on_every_route(api, sessions, text):
+    api.jwt_secret = SECRET
+    bearer = {"Authorization": f"Bearer {admin_token(sessions)}"}
+
+    def raw_json(body: dict) -> dict:  # json.dumps escapes both as \u0000 and \ud800, as a client would
+        return {"content": json.dumps(body), "headers": {**bearer, "content-type": "application/json"}}
+
+    requests = [
+        ("POST", "/generate", raw_json({**NAVY, "family_id": text})),
+        ("POST", "/generate", raw_json({**NAVY, "cuts": [text]})),
+        ("POST", "/admin/fabrics", raw_json({"family_id": "pana", "display_name": text})),
+        ("PATCH", "/admin/fabrics/lana-fria", raw_json({"display_name": text})),
+        ("POST", "/admin/fabrics/lana-fria/colors", raw_json({"color_id": "x-1", "name": text, "hex_value": "#112233"})),
+    ]
+    if "\x00" in text:  # a percent-encoded or raw NUL; a surrogate cannot be spelled outside JSON
+        requests += [
+            ("POST", "/admin/login", {"content": "username=nul%00byte&password=whatever+it+is",
+                                      "headers": {"content-type": "application/x-www-form-urlencoded"}}),
+            ("POST", "/admin/login", {"files": {"username": (None, b"nul\x00byte"), "password": (None, b"whatever")}}),
+            ("POST", "/generate", {"json": NAVY, "headers": {"Idempotency-Key": "key\x00"}}),
+            ("GET", "/jobs/nul%00byte", {}),
+            ("POST", "/jobs/nul%00byte/cancel", {}),
+            ("GET", "/admin/generations?family_id=nul%00byte", {"headers": bearer}),
+            ("GET", "/admin/generations/nul%00byte", {"headers": bearer}),
+            ("POST", "/admin/generations/nul%00byte/retry", {"headers": bearer}),
+            ("GET", "/admin/fabrics/nul%00byte/colors", {"headers": bearer}),
+            ("PATCH", "/admin/colors/nul%00byte", raw_json({"name": "x"})),
+            ("DELETE", "/admin/fabrics/nul%00byte", {"headers": bearer}),
+        ]
+    for method, path, kwargs in requests:
+        response = call(api, method, path, **kwargs)
+        assert response.status_code == 422, (method, path, response.status_code, response.text)
+        assert "cannot be stored" in response.json()["detail"]
+    with sessions() as s:
+        assert s.query(jobs.GenerationJob).count() == 0
