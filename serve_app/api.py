@@ -29,6 +29,7 @@ from db import jobs
 from db.models import GenerationJob
 from deployments.storage import UPLOAD_PREFIX, LocalStorage, Storage, StorageError
 from serve_app.backpressure import BacklogGate
+from serve_app.ratelimit import RateLimits, rate_limited
 from serve_app.routing import StorableTextRoute
 from serve_app.schemas import (
     CatalogOut,
@@ -58,10 +59,15 @@ class Services:
     deployment_checks: dict[str, Callable[[], Awaitable[dict]]] = field(default_factory=dict)
     backlog: BacklogGate | None = None
     jwt_secret: str | None = None  # admin routes answer 401 to everything without one
+    rate_limits: RateLimits | None = None
 
     def __post_init__(self) -> None:
         if self.backlog is None:
             self.backlog = BacklogGate(self.settings.max_pending_jobs)
+        if self.rate_limits is None:
+            settings = self.settings
+            self.rate_limits = RateLimits({"generate": settings.rate_limit_generate, "upload": settings.rate_limit_upload},
+                                          settings.rate_limit_storage, settings.trusted_proxies)
 
 
 router = APIRouter(route_class=StorableTextRoute)
@@ -129,8 +135,13 @@ MULTIPART_BODY = {
 }
 
 
+RATE_LIMITED = {429: {"model": ErrorBody, "description": "this client's rate limit is spent; retry after "
+                                                        "`Retry-After` seconds"}}
+
+
 @router.post("/upload-swatch", status_code=status.HTTP_201_CREATED, response_model=UploadOut, tags=["jobs"],
-             responses=_errors(400, 413, 415, 422, 503), openapi_extra=MULTIPART_BODY)
+             responses={**_errors(400, 413, 415, 422, 503), **RATE_LIMITED}, openapi_extra=MULTIPART_BODY,
+             dependencies=[rate_limited("upload")])
 async def upload_swatch(request: Request, services: ServicesDep) -> UploadOut:
     """Store a customer's swatch photo for use as `swatch_url`; it expires after 24 hours.
 
@@ -164,7 +175,9 @@ def _replay(job: GenerationJob, fingerprint: str) -> JSONResponse:
 
 @router.post("/generate", status_code=status.HTTP_202_ACCEPTED, response_model=GenerateAccepted, tags=["jobs"],
              responses={**_errors(409, 422, 503),
-                        429: {"model": ErrorBody, "description": "backlog full; retry after `Retry-After` seconds"}})
+                        429: {"model": ErrorBody, "description": "backlog full, or this client's rate limit is "
+                                                                 "spent; retry after `Retry-After` seconds"}},
+             dependencies=[rate_limited("generate")])
 def create_generation(
     body: GenerateRequest,
     services: ServicesDep,

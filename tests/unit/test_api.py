@@ -172,3 +172,79 @@ def test_text_postgresql_cannot_store_is_a_4xx_on_every_route(api, sessions, tex
         assert "cannot be stored" in response.json()["detail"]
     with sessions() as s:
         assert s.query(jobs.GenerationJob).count() == 0
+
+
+def from_client(services: Services, address: str, method: str, path: str, **kwargs) -> httpx.Response:
+    async def go():
+        transport = httpx.ASGITransport(app=create_app(services), raise_app_exceptions=False, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.request(method, path, **kwargs)
+    return asyncio.run(go())
+
+
+def limited(api: Services, **settings) -> Services:
+    from dataclasses import replace
+
+    return replace(api, settings=api.settings.model_copy(update=settings), rate_limits=None,
+                   backlog=BacklogGate(1000, ttl_seconds=0))
+
+
+def test_generate_and_upload_are_rate_limited_per_client_with_retry_after(api, sessions):
+    from tests.upload_files import image_bytes
+
+    services = limited(api, rate_limit_generate="3/minute", rate_limit_upload="2/minute")
+    for _ in range(3):
+        assert from_client(services, "198.51.100.7", "POST", "/generate", json=NAVY).status_code == 202
+    refused = from_client(services, "198.51.100.7", "POST", "/generate", json=NAVY)
+    assert refused.status_code == 429, refused.text
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert "too many requests" in refused.json()["detail"]
+    assert from_client(services, "198.51.100.8", "POST", "/generate", json=NAVY).status_code == 202  # another client
+    upload = {"files": {"file": ("s.png", image_bytes("PNG"), "image/png")}}
+    assert [from_client(services, "198.51.100.7", "POST", "/upload-swatch", **upload).status_code
+            for _ in range(3)] == [201, 201, 429]
+    with sessions() as s:
+        assert s.query(jobs.GenerationJob).count() == 4
+
+
+def test_x_forwarded_for_names_the_client_only_behind_a_trusted_proxy(api):
+    services = limited(api, rate_limit_generate="2/minute", trusted_proxies=["10.0.0.0/8"])
+    limits = services.rate_limits
+
+    def status(address: str, forwarded: str) -> int:
+        return from_client(services, address, "POST", "/generate", json=NAVY,
+                           headers={"X-Forwarded-For": forwarded}).status_code
+
+    # Behind the proxy, each forwarded client has its own count; hops the client wrote itself are ignored.
+    assert [status("10.1.1.1", "203.0.113.5") for _ in range(3)] == [202, 202, 429]
+    assert status("10.1.1.1", "203.0.113.6") == 202
+    assert [status("10.1.1.1", f"192.0.2.{i}, 203.0.113.9, 10.2.2.2") for i in range(3)] == [202, 202, 429]
+    # A client that is not a trusted proxy cannot pick its identity with the header.
+    assert [status("198.51.100.9", f"192.0.2.{i}") for i in range(3)] == [202, 202, 429]
+    from starlette.requests import Request as StarletteRequest
+
+    scope = {"type": "http", "client": ("10.9.9.9", 1), "headers": [(b"x-forwarded-for", b"10.3.3.3, 10.4.4.4")]}
+    assert limits.client(StarletteRequest(scope)) == "10.3.3.3"  # every hop a proxy: the farthest one
+
+
+def test_a_shared_redis_store_holds_the_limit_across_replicas(api):
+    import uuid
+
+    client = f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
+    shared = dict(rate_limit_generate="3/minute", rate_limit_storage="redis://127.0.0.1:6379/0")
+    replica_a, replica_b = limited(api, **shared), limited(api, **shared)
+    statuses = [from_client(replica, client, "POST", "/generate", json=NAVY).status_code
+                for replica in (replica_a, replica_b, replica_a, replica_b)]
+    assert statuses == [202, 202, 202, 429]
+    # In memory (the default), each replica counts alone: the effective limit is per replica.
+    alone_a, alone_b = limited(api, rate_limit_generate="2/minute"), limited(api, rate_limit_generate="2/minute")
+    statuses = [from_client(replica, client, "POST", "/generate", json=NAVY).status_code
+                for replica in (alone_a, alone_b, alone_a, alone_b, alone_a)]
+    assert statuses == [202, 202, 202, 202, 429]
+
+
+def test_rate_limit_settings_are_checked_at_start_up():
+    with pytest.raises(ValueError, match="not a rate limit"):
+        Settings(rate_limit_generate="thirty a minute")
+    with pytest.raises(ValueError):
+        Settings(trusted_proxies=["not-an-address"])
