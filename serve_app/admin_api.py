@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session, selectinload
@@ -32,7 +33,7 @@ from serve_app.admin_schemas import (
     GenerationPage,
     TokenOut,
 )
-from serve_app.api import Services, ServicesDep, _errors, _swatch_url, job_out
+from serve_app.api import Services, ServicesDep, _errors, _swatch_url, health_report, job_out
 from serve_app.routing import StorableTextRoute
 from serve_app.auth import AuthError, authenticate, is_throttled, issue_token, user_for_token
 
@@ -282,3 +283,11 @@ def retry_generation(job_id: str, services: ServicesDep) -> AdminJobOut:
             raise HTTPException(409, f"only failed jobs can be retried; this one is {job.status}")
         jobs.notify(session, job_id)
     return _admin_job(job, services)
+
+
+# -- operations ------------------------------------------------------------------------------------
+@router.get("/health", tags=["ops"])
+async def detailed_health(services: ServicesDep) -> JSONResponse:
+    """GET /health with its details: each part's error, the job runner's owner and the jobs in its
+    hands, the model actually loaded, and this ingress replica's host, pid, threads and pool."""
+    return JSONResponse(await health_report(services))

@@ -11,13 +11,17 @@ import hashlib
 import json
 import logging
 import mimetypes
+import os
 import secrets
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Awaitable, Callable
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -298,9 +302,9 @@ def liveness() -> dict:
     return {"ok": True}
 
 
-@router.get("/health", tags=["ops"], responses={503: {"description": "a dependency is down"}})
-async def health(services: ServicesDep) -> JSONResponse:
-    """Database, storage and each deployment; 503 when any of them is down."""
+async def health_report(services: Services) -> dict:
+    """Every part's health with its details (errors, the runner's owner and jobs in hand, the model,
+    this ingress replica's threads and pool): the admin view, GET /admin/health."""
     report: dict = {}
 
     def check_database() -> None:
@@ -309,7 +313,7 @@ async def health(services: ServicesDep) -> JSONResponse:
 
     for name, check in (("database", check_database), ("storage", services.storage.check)):
         try:
-            await asyncio.to_thread(check)
+            await run_in_threadpool(check)  # the route threads, which the pool is sized for
             report[name] = {"ok": True}
         except Exception as exc:
             report[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -320,9 +324,31 @@ async def health(services: ServicesDep) -> JSONResponse:
         except Exception as exc:
             deployments[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     report["deployments"] = deployments
+    engine = services.sessions.kw["bind"]
+    report["ingress"] = {"host": socket.gethostname(), "pid": os.getpid(),
+                         "threads": to_thread.current_default_thread_limiter().total_tokens,
+                         "pool": {"size": engine.pool.size(), "checked_out": engine.pool.checkedout()}}
     model = deployments.get("SdxlTurboGenerator", {})
     warnings = [model["note"]] if model.get("note") else []
     healthy = report["database"]["ok"] and report["storage"]["ok"] and all(d["ok"] for d in deployments.values())
-    body = {"status": "ok" if healthy else "unavailable", "model_profile": model.get("profile"),
-            "warnings": warnings, **report}
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return {"status": "ok" if healthy else "degraded", "model_profile": model.get("profile"),
+            "requested_profile": model.get("requested_profile"), "warnings": warnings, **report}
+
+
+@router.get("/health", tags=["ops"], responses={503: {"description": "a part is down"}})
+async def health(services: ServicesDep) -> JSONResponse:
+    """Ok or not per part (database, storage, each deployment) and the model profile actually serving;
+    503 when any part is down.
+
+    Public, so it names no host, process or job (a job id is all it takes to read or cancel a job),
+    and no error text: the details are behind the admin token, at GET /admin/health.
+    """
+    report = await health_report(services)
+    warnings = []
+    if report["warnings"]:
+        warnings.append(f"model profile {report['requested_profile']} fell back to {report['model_profile']}: "
+                        "images are NOT real renders")
+    body = {"status": report["status"], "model_profile": report["model_profile"], "warnings": warnings,
+            "database": {"ok": report["database"]["ok"]}, "storage": {"ok": report["storage"]["ok"]},
+            "deployments": {name: {"ok": part["ok"]} for name, part in report["deployments"].items()}}
+    return JSONResponse(body, status_code=200 if report["status"] == "ok" else 503)

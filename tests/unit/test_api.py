@@ -174,6 +174,45 @@ def test_text_postgresql_cannot_store_is_a_4xx_on_every_route(api, sessions, tex
         assert s.query(jobs.GenerationJob).count() == 0
 
 
+def test_public_health_names_no_job_host_or_process_and_the_admin_view_does(api, sessions):
+    import os
+    import socket
+
+    job_id = call(api, "POST", "/generate", json=NAVY).json()["job_id"]
+    owner = f"{socket.gethostname()}:{os.getpid()}:1a2b3c4d"
+
+    async def runner() -> dict:
+        return {"owner": owner, "active_jobs": [job_id]}
+
+    async def generator() -> dict:
+        return {"requested_profile": "auto", "profile": "tiny-random", "device": "cpu",
+                "note": "MODEL PROFILE auto: pretrained weights not found locally (OSError: /root/.cache/hub)"}
+
+    async def stuck() -> dict:
+        raise RuntimeError(f"replica on {socket.gethostname()} pid {os.getpid()} is stuck")
+
+    api.deployment_checks = {"JobRunner": runner, "SdxlTurboGenerator": generator, "Finisher": stuck}
+    api.jwt_secret = SECRET
+    public = call(api, "GET", "/health")
+    for secret in (job_id, socket.gethostname(), str(os.getpid()), "/root/.cache", "owner", "active_jobs"):
+        assert secret not in public.text, secret
+    assert public.status_code == 503
+    body = public.json()
+    assert body["status"] == "degraded" and body["model_profile"] == "tiny-random"
+    assert body["deployments"] == {"JobRunner": {"ok": True}, "SdxlTurboGenerator": {"ok": True}, "Finisher": {"ok": False}}
+    assert body["database"] == body["storage"] == {"ok": True}
+    assert "NOT real renders" in body["warnings"][0]
+
+    assert call(api, "GET", "/admin/health").status_code == 401
+    detailed = call(api, "GET", "/admin/health", headers={"Authorization": f"Bearer {admin_token(sessions)}"})
+    assert detailed.status_code == 200, detailed.text
+    details = detailed.json()
+    assert details["deployments"]["JobRunner"]["active_jobs"] == [job_id]
+    assert details["deployments"]["JobRunner"]["owner"] == owner
+    assert "stuck" in details["deployments"]["Finisher"]["error"]
+    assert details["ingress"]["pid"] == os.getpid() and details["ingress"]["host"] == socket.gethostname()
+
+
 def from_client(services: Services, address: str, method: str, path: str, **kwargs) -> httpx.Response:
     async def go():
         transport = httpx.ASGITransport(app=create_app(services), raise_app_exceptions=False, client=(address, 40000))
