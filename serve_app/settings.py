@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     max_pending_jobs: int = Field(default=1000, ge=1, description="backlog above which POST /generate answers 429")
     shutdown_grace_seconds: float = Field(default=15.0, ge=0, description="runner: finish jobs in hand, then release")
 
+    ingress_threads: int = Field(default=16, ge=1, le=256, description="threads an ingress replica runs route code "
+                                 "on; its database pool holds exactly as many connections")
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, description="longest wait for a pooled connection; "
+                                           "then 503 + Retry-After (none is expected: pools fit their threads)")
+    db_statement_timeout_seconds: float = Field(default=10.0, gt=0, description="a statement running or waiting for "
+                                                "a lock longer is cancelled: 503 + Retry-After, or a runner retry")
+
     @field_validator("rate_limit_generate", "rate_limit_upload")
     @classmethod
     def _parses_as_limits(cls, value: str) -> str:

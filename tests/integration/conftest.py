@@ -57,6 +57,6 @@ def service_engine(service_database_url: str) -> Iterator[Engine]:
 def service(service_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("service")
     settings = {"database_url": service_database_url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
-                "image_size": IMAGE_SIZE, "poll_seconds": 0.5, **UNLIMITED}
+                "image_size": IMAGE_SIZE, "poll_seconds": 0.5, "db_statement_timeout_seconds": 2, **UNLIMITED}
     with serve(root, settings) as launched:
         yield Service(launched.base_url, root / "data")
