@@ -287,7 +287,10 @@ def retry_generation(job_id: str, services: ServicesDep) -> AdminJobOut:
 
 # -- operations ------------------------------------------------------------------------------------
 @router.get("/health", tags=["ops"])
-async def detailed_health(services: ServicesDep) -> JSONResponse:
+async def detailed_health(request: Request, services: ServicesDep) -> JSONResponse:
     """GET /health with its details: each part's error, the job runner's owner and the jobs in its
-    hands, the model actually loaded, and this ingress replica's host, pid, threads and pool."""
-    return JSONResponse(await health_report(services))
+    hands, the model actually loaded, this ingress replica's host, pid, threads and pool, and who the
+    rate limits take the caller for (`client`: check it behind a proxy)."""
+    report = await health_report(services)
+    report["ingress"]["client"] = services.rate_limits.client(request)
+    return JSONResponse(report)

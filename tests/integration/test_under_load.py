@@ -49,6 +49,7 @@ def test_public_health_names_no_job_pid_or_host_while_jobs_run(service, admin_he
     owner_host, owner_pid, _ = details["deployments"]["JobRunner"]["owner"].split(":")
     assert set(in_hand) <= set(job_ids)
     assert details["ingress"]["pid"] > 0 and details["ingress"]["host"] == owner_host
+    assert details["ingress"]["client"] == "127.0.0.1"  # Serve's proxy hands on the caller's address
     assert public.status_code == 200
     for secret in [*job_ids, owner_host, owner_pid, str(details["ingress"]["pid"])]:
         assert secret not in public.text, secret

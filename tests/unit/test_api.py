@@ -211,6 +211,8 @@ def test_public_health_names_no_job_host_or_process_and_the_admin_view_does(api,
     assert details["deployments"]["JobRunner"]["owner"] == owner
     assert "stuck" in details["deployments"]["Finisher"]["error"]
     assert details["ingress"]["pid"] == os.getpid() and details["ingress"]["host"] == socket.gethostname()
+    assert details["ingress"]["threads"] == api.settings.ingress_threads
+    assert details["ingress"]["client"] == "127.0.0.1"
 
 
 def from_client(services: Services, address: str, method: str, path: str, **kwargs) -> httpx.Response:
