@@ -25,7 +25,7 @@ from serve_app.settings import Settings
 from serve_app.web import create_app
 
 SECRET = "fuzzing-signing-key-of-at-least-32-bytes"
-EXAMPLES_PER_OPERATION = 40
+EXAMPLES_PER_OPERATION = 30
 
 
 

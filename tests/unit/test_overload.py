@@ -13,7 +13,6 @@ from contextlib import contextmanager
 
 import httpx
 import psycopg
-import pytest
 import uvicorn
 from sqlalchemy import create_engine
 
