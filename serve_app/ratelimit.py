@@ -26,6 +26,7 @@ from limits.strategies import MovingWindowRateLimiter
 logger = logging.getLogger("sastre.api")
 
 MAX_CLIENT_KEY = 64  # characters of an address kept in a counter's key
+STORE_TIMEOUT = 0.5  # seconds
 
 
 def parse_limits(text: str) -> list[RateLimitItem]:
@@ -39,7 +40,10 @@ def parse_limits(text: str) -> list[RateLimitItem]:
 class RateLimits:
     def __init__(self, limits: dict[str, str], storage: str = "memory://", trusted_proxies: list[str] = ()) -> None:
         self.limits = {route: parse_limits(text) for route, text in limits.items()}
-        self.limiter = MovingWindowRateLimiter(storage_from_string(storage))
+        options = {}
+        if storage.startswith(("redis://", "rediss://")):  # a Redis that stops answering costs 0.5 s, not a hang
+            options = {"socket_timeout": STORE_TIMEOUT, "socket_connect_timeout": STORE_TIMEOUT}
+        self.limiter = MovingWindowRateLimiter(storage_from_string(storage, **options))
         self.proxies = [ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies]
 
     def _trusted(self, address: str) -> bool:

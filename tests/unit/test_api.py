@@ -289,3 +289,10 @@ def test_rate_limit_settings_are_checked_at_start_up():
         Settings(rate_limit_generate="thirty a minute")
     with pytest.raises(ValueError):
         Settings(trusted_proxies=["not-an-address"])
+
+
+def test_an_unreachable_rate_limit_store_lets_requests_through(api, caplog):
+    services = limited(api, rate_limit_generate="1/minute", rate_limit_storage="redis://127.0.0.1:9/0")
+    statuses = [from_client(services, "198.51.100.20", "POST", "/generate", json=NAVY).status_code for _ in range(2)]
+    assert statuses == [202, 202]  # protection lapses; the service does not
+    assert "rate limit store unavailable" in caplog.text
