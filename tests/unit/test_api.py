@@ -268,11 +268,11 @@ def test_x_forwarded_for_names_the_client_only_behind_a_trusted_proxy(api):
     assert limits.client(StarletteRequest(scope)) == "10.3.3.3"  # every hop a proxy: the farthest one
 
 
-def test_a_shared_redis_store_holds_the_limit_across_replicas(api):
+def test_a_shared_redis_store_holds_the_limit_across_replicas(api, redis_url):
     import uuid
 
     client = f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
-    shared = dict(rate_limit_generate="3/minute", rate_limit_storage="redis://127.0.0.1:6379/0")
+    shared = dict(rate_limit_generate="3/minute", rate_limit_storage=redis_url)
     replica_a, replica_b = limited(api, **shared), limited(api, **shared)
     statuses = [from_client(replica, client, "POST", "/generate", json=NAVY).status_code
                 for replica in (replica_a, replica_b, replica_a, replica_b)]
