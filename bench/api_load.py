@@ -111,7 +111,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="sastre-api-load-"))
     database_url = scratch_database(workdir)
     settings = {"database_url": database_url, "data_dir": str(workdir / "data"), "model_profile": "tiny-random",
-                "image_size": 64, "max_pending_jobs": 10_000_000, "runner_concurrency": 1}
+                "image_size": 64, "max_pending_jobs": 10_000_000, "runner_concurrency": 1,
+                "rate_limit_generate": "100000000/minute"}
     results: dict[str, dict] = {}
     with serve(workdir, settings) as launched:
         results["ray"] = measure(launched.base_url, args.clients, args.seconds)

@@ -91,7 +91,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="sastre-bench-"))
     database_url = scratch_database(workdir)
     settings = {"database_url": database_url, "data_dir": str(workdir / "data"), "model_profile": "tiny-random",
-                "image_size": args.size, "poll_seconds": 0.5}
+                "image_size": args.size, "poll_seconds": 0.5, "rate_limit_generate": "1000000/minute"}
 
     baseline_job = in_process_two_cuts(args.size, args.jobs)
     with serve(workdir, settings, import_path="bench.trivial_app:app", ready_path="/livez") as trivial:

@@ -9,16 +9,15 @@ import sys
 import uvicorn
 
 from catalog.data import load_catalog
-from db.engine import make_engine, make_sessionmaker
 from deployments.storage import open_storage
 from serve_app.api import Services
 from serve_app.bootstrap import resolve_jwt_secret
-from serve_app.web import create_app
+from serve_app.web import create_app, ingress_sessions
 from serve_app.settings import Settings
 
 if __name__ == "__main__":
     settings = Settings()
-    services = Services(settings=settings, sessions=make_sessionmaker(make_engine(settings.database_url)),
+    services = Services(settings=settings, sessions=ingress_sessions(settings, settings.database_url),
                         storage=open_storage(settings.storage_config()), catalog=load_catalog(),
                         jwt_secret=resolve_jwt_secret(settings))
     uvicorn.run(create_app(services), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

@@ -32,11 +32,22 @@ def embedded_database_url(data_dir: Path) -> str:
     return server.get_uri()
 
 
-def make_engine(url: str, pool_size: int = 5) -> Engine:
-    """An engine that survives idle connections dropped by the server or a proxy (pool_pre_ping)."""
+def make_engine(url: str, pool_size: int = 5, *, max_overflow: int | None = None, pool_timeout: float = 30.0,
+                statement_timeout: float | None = None) -> Engine:
+    """An engine that survives idle connections dropped by the server or a proxy (pool_pre_ping).
+
+    The service's replicas size `pool_size` to the threads that use the engine, with no overflow, so
+    none waits for a connection (see `serve_app/deployments.py`). Waiting longer than `pool_timeout`
+    for one raises `sqlalchemy.exc.TimeoutError`; a statement running (or waiting for a lock) longer
+    than `statement_timeout` seconds is cancelled by the server (`QueryCanceled`).
+    """
+    connect_args = {}
+    if statement_timeout:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
     return create_engine(
-        sqlalchemy_url(url), pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2,
-        pool_recycle=1800,
+        sqlalchemy_url(url), pool_pre_ping=True, pool_size=pool_size,
+        max_overflow=pool_size * 2 if max_overflow is None else max_overflow, pool_timeout=pool_timeout,
+        pool_recycle=1800, connect_args=connect_args,
     )
 
 

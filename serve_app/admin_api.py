@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from sqlalchemy.orm import Session
 
@@ -32,9 +33,10 @@ from serve_app.admin_schemas import (
     GenerationPage,
     TokenOut,
 )
-from serve_app.api import Services, ServicesDep, _errors, _swatch_url, job_out
-from serve_app.schemas import ErrorBody
+from serve_app.api import Services, ServicesDep, _errors, _swatch_url, health_report, job_out
 from serve_app.auth import AuthError, PasswordTooLong, Throttled, authenticate, issue_token, user_for_token
+from serve_app.routing import StorableTextRoute
+from serve_app.schemas import ErrorBody
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/admin/login")
 UNAUTHORIZED = HTTPException(401, "invalid or expired credentials", headers={"WWW-Authenticate": "Bearer"})
@@ -48,9 +50,9 @@ def current_admin(token: Annotated[str, Depends(oauth2)], services: ServicesDep)
             raise UNAUTHORIZED from None
 
 
-login_router = APIRouter(prefix="/admin", tags=["admin"])
+login_router = APIRouter(prefix="/admin", tags=["admin"], route_class=StorableTextRoute)
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(current_admin)],
-                   responses=_errors(401))
+                   responses=_errors(401), route_class=StorableTextRoute)
 
 
 @login_router.post("/login", response_model=TokenOut,
@@ -58,7 +60,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(curren
 def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, services: ServicesDep) -> TokenOut:
     """OAuth2 password flow: a bearer JWT (HS256) for an admin user. Five failures in 15 minutes for a
     username from one client address lock that pair out with 429; other clients are not affected."""
-    address = request.client.host if request.client else "unknown"
+    address = services.rate_limits.client(request)  # the trusted-proxy-aware client address
     try:
         user = authenticate(services.sessions, form.username, form.password, address)
     except PasswordTooLong as exc:
@@ -253,3 +255,14 @@ def retry_generation(job_id: str, services: ServicesDep) -> AdminJobOut:
             raise HTTPException(409, f"only failed jobs can be retried; this one is {outcome}")
         job = jobs.get_job(session, job_id)
     return _admin_job(job, services)
+
+
+# -- operations ------------------------------------------------------------------------------------
+@router.get("/health", tags=["ops"])
+async def detailed_health(request: Request, services: ServicesDep) -> JSONResponse:
+    """GET /health with its details: each part's error, the job runner's owner and the jobs in its
+    hands, the model actually loaded, this ingress replica's host, pid, threads and pool, and who the
+    rate limits take the caller for (`client`: check it behind a proxy)."""
+    report = await health_report(services)
+    report["ingress"]["client"] = services.rate_limits.client(request)
+    return JSONResponse(report)

@@ -11,13 +11,17 @@ import hashlib
 import json
 import logging
 import mimetypes
+import os
 import secrets
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Awaitable, Callable
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +34,8 @@ from db.engine import ping
 from db.models import GenerationJob
 from deployments.storage import UPLOAD_PREFIX, LocalStorage, Storage, StorageError
 from serve_app.backpressure import BacklogGate
+from serve_app.ratelimit import RateLimits, rate_limited
+from serve_app.routing import StorableTextRoute
 from serve_app.schemas import (
     CatalogOut,
     ColorOut,
@@ -58,13 +64,18 @@ class Services:
     deployment_checks: dict[str, Callable[[], Awaitable[dict]]] = field(default_factory=dict)
     backlog: BacklogGate | None = None
     jwt_secret: str | None = None  # admin routes answer 401 to everything without one
+    rate_limits: RateLimits | None = None
 
     def __post_init__(self) -> None:
         if self.backlog is None:
             self.backlog = BacklogGate(self.settings.max_pending_jobs)
+        if self.rate_limits is None:
+            settings = self.settings
+            self.rate_limits = RateLimits({"generate": settings.rate_limit_generate, "upload": settings.rate_limit_upload},
+                                          settings.rate_limit_storage, settings.trusted_proxies)
 
 
-router = APIRouter()
+router = APIRouter(route_class=StorableTextRoute)
 
 
 def get_services(request: Request) -> Services:
@@ -129,8 +140,13 @@ MULTIPART_BODY = {
 }
 
 
+RATE_LIMITED = {429: {"model": ErrorBody, "description": "this client's rate limit is spent; retry after "
+                                                        "`Retry-After` seconds"}}
+
+
 @router.post("/upload-swatch", status_code=status.HTTP_201_CREATED, response_model=UploadOut, tags=["jobs"],
-             responses=_errors(413, 415, 422, 503), openapi_extra=MULTIPART_BODY)
+             responses={**_errors(400, 413, 415, 422, 503), **RATE_LIMITED}, openapi_extra=MULTIPART_BODY,
+             dependencies=[rate_limited("upload")])
 async def upload_swatch(request: Request, services: ServicesDep) -> UploadOut:
     """Store a customer's swatch photo for use as `swatch_url`; it expires after 24 hours.
 
@@ -166,7 +182,9 @@ def _replay(job: GenerationJob, fingerprint: str) -> JSONResponse:
 
 @router.post("/generate", status_code=status.HTTP_202_ACCEPTED, response_model=GenerateAccepted, tags=["jobs"],
              responses={**_errors(409, 422, 503),
-                        429: {"model": ErrorBody, "description": "backlog full; retry after `Retry-After` seconds"}})
+                        429: {"model": ErrorBody, "description": "backlog full, or this client's rate limit is "
+                                                                 "spent; retry after `Retry-After` seconds"}},
+             dependencies=[rate_limited("generate")])
 def create_generation(
     body: GenerateRequest,
     services: ServicesDep,
@@ -288,9 +306,9 @@ def liveness() -> dict:
     return {"ok": True}
 
 
-@router.get("/health", tags=["ops"], responses={503: {"description": "a dependency is down"}})
-async def health(services: ServicesDep) -> JSONResponse:
-    """Database, storage and each deployment; 503 when any of them is down."""
+async def health_report(services: Services) -> dict:
+    """Every part's health with its details (errors, the runner's owner and jobs in hand, the model,
+    this ingress replica's threads and pool): the admin view, GET /admin/health."""
     report: dict = {}
 
     def check_database() -> None:
@@ -299,7 +317,7 @@ async def health(services: ServicesDep) -> JSONResponse:
 
     for name, check in (("database", check_database), ("storage", services.storage.check)):
         try:
-            await asyncio.to_thread(check)
+            await run_in_threadpool(check)  # the route threads, which the pool is sized for
             report[name] = {"ok": True}
         except Exception as exc:
             report[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -310,9 +328,31 @@ async def health(services: ServicesDep) -> JSONResponse:
         except Exception as exc:
             deployments[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     report["deployments"] = deployments
+    engine = services.sessions.kw["bind"]
+    report["ingress"] = {"host": socket.gethostname(), "pid": os.getpid(),
+                         "threads": to_thread.current_default_thread_limiter().total_tokens,
+                         "pool": {"size": engine.pool.size(), "checked_out": engine.pool.checkedout()}}
     model = deployments.get("SdxlTurboGenerator", {})
     warnings = [model["note"]] if model.get("note") else []
     healthy = report["database"]["ok"] and report["storage"]["ok"] and all(d["ok"] for d in deployments.values())
-    body = {"status": "ok" if healthy else "unavailable", "model_profile": model.get("profile"),
-            "warnings": warnings, **report}
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return {"status": "ok" if healthy else "degraded", "model_profile": model.get("profile"),
+            "requested_profile": model.get("requested_profile"), "warnings": warnings, **report}
+
+
+@router.get("/health", tags=["ops"], responses={503: {"description": "a part is down"}})
+async def health(services: ServicesDep) -> JSONResponse:
+    """Ok or not per part (database, storage, each deployment) and the model profile actually serving;
+    503 when any part is down.
+
+    Public, so it names no host, process or job (a job id is all it takes to read or cancel a job),
+    and no error text: the details are behind the admin token, at GET /admin/health.
+    """
+    report = await health_report(services)
+    warnings = []
+    if report["warnings"]:
+        warnings.append(f"model profile {report['requested_profile']} fell back to {report['model_profile']}: "
+                        "images are NOT real renders")
+    body = {"status": report["status"], "model_profile": report["model_profile"], "warnings": warnings,
+            "database": {"ok": report["database"]["ok"]}, "storage": {"ok": report["storage"]["ok"]},
+            "deployments": {name: {"ok": part["ok"]} for name, part in report["deployments"].items()}}
+    return JSONResponse(body, status_code=200 if report["status"] == "ok" else 503)

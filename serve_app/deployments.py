@@ -14,9 +14,9 @@ from deployments.storage import open_storage
 from fastapi import FastAPI
 
 from serve_app.api import Services
-from serve_app.web import create_app
+from serve_app.web import create_app, ingress_sessions
 from serve_app.renderers import ServeCutRenderer
-from serve_app.runner import JobRunner
+from serve_app.runner import JobRunner, database_connections
 from serve_app.settings import Settings
 
 logger = logging.getLogger("ray.serve")
@@ -46,7 +46,7 @@ class Ingress:
 
         self.services = Services(
             settings=config,
-            sessions=make_sessionmaker(make_engine(database_url)),
+            sessions=ingress_sessions(config, database_url),
             storage=open_storage(storage),
             catalog=load_catalog(),
             deployment_checks={name: checker(name, handle) for name, handle in handles.items()},
@@ -75,8 +75,12 @@ class JobRunnerDeployment:
                  generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
         config = Settings(**settings)
         renderer = ServeCutRenderer(preprocessor, generator, finisher, config.control_detector, config.image_size)
+        # A connection for each of the runner's database threads, so lease renewals never wait for one.
+        engine = make_engine(database_url, pool_size=database_connections(config.runner_concurrency), max_overflow=0,
+                             pool_timeout=config.db_pool_timeout_seconds,
+                             statement_timeout=config.db_statement_timeout_seconds)
         self.runner = JobRunner(
-            make_sessionmaker(make_engine(database_url)), database_url, load_catalog(), renderer,
+            make_sessionmaker(engine), database_url, load_catalog(), renderer,
             concurrency=config.runner_concurrency, lease_seconds=config.lease_seconds,
             poll_seconds=config.poll_seconds, storage=open_storage(storage),
             upload_ttl_seconds=config.upload_ttl_hours * 3600, cut_attempts=config.cut_attempts,

@@ -39,6 +39,12 @@ logger = logging.getLogger("sastre.runner")
 
 SWEEP_INTERVAL_SECONDS = 600
 DB_ATTEMPTS = 10  # backoff 0.2 s doubling to 5 s: about 30 s in all
+LOOP_DB_THREADS = 4  # database threads for the loop's own calls, besides one per job in hand
+
+
+def database_connections(concurrency: int) -> int:
+    """The pool a runner needs so no thread waits for a connection: its database threads and the lease thread."""
+    return concurrency + LOOP_DB_THREADS + 1
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ class JobRunner:
         self.leases: dict[str, jobs.Lease] = {}  # job id -> that attempt's lease
         # Database calls block, so they run on threads: one pool sized for the jobs in hand, and one
         # thread of its own for lease renewals, which must never queue behind job work.
-        self._db_threads = ThreadPoolExecutor(concurrency + 4, thread_name_prefix="runner-db")
+        self._db_threads = ThreadPoolExecutor(concurrency + LOOP_DB_THREADS, thread_name_prefix="runner-db")
         self._lease_thread = ThreadPoolExecutor(1, thread_name_prefix="runner-lease")
         self._wake = asyncio.Event()
         self._stopping = False

@@ -6,11 +6,14 @@ the resolved values to every deployment, so all replicas agree on them.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serve_app.ratelimit import parse_limits
 
 
 class Settings(BaseSettings):
@@ -50,6 +53,13 @@ class Settings(BaseSettings):
 
     cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:3000", "http://127.0.0.1:3000"])
 
+    rate_limit_generate: str = Field(default="30/minute", description="POST /generate per client, e.g. 30/minute;500/hour")
+    rate_limit_upload: str = Field(default="10/minute", description="POST /upload-swatch per client")
+    rate_limit_storage: str = Field(default="memory://", description="memory:// counts per replica; "
+                                    "redis://host:6379/0 shares the counts between replicas")
+    trusted_proxies: list[str] = Field(default_factory=list, description="addresses or networks whose "
+                                       "X-Forwarded-For names the client")
+
     job_max_attempts: int = Field(default=3, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_seconds: float = Field(default=2.0, gt=0)
@@ -59,6 +69,26 @@ class Settings(BaseSettings):
     max_pending_jobs: int = Field(default=1000, ge=1, description="backlog above which POST /generate answers 429")
     idempotency_ttl_hours: float = Field(default=24, gt=0, description="an Idempotency-Key replays its job this long")
     shutdown_grace_seconds: float = Field(default=15.0, ge=0, description="runner: finish jobs in hand, then release")
+
+    ingress_threads: int = Field(default=16, ge=1, le=256, description="threads an ingress replica runs route code "
+                                 "on; its database pool holds exactly as many connections")
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, description="longest wait for a pooled connection; "
+                                           "then 503 + Retry-After (none is expected: pools fit their threads)")
+    db_statement_timeout_seconds: float = Field(default=10.0, gt=0, description="a statement running or waiting for "
+                                                "a lock longer is cancelled: 503 + Retry-After, or a runner retry")
+
+    @field_validator("rate_limit_generate", "rate_limit_upload")
+    @classmethod
+    def _parses_as_limits(cls, value: str) -> str:
+        parse_limits(value)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for proxy in value:
+            ipaddress.ip_network(proxy, strict=False)
+        return value
 
     @property
     def media_base_url(self) -> str:

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 from PIL import Image, ImageOps, UnidentifiedImageError
-from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
+from starlette.types import Message, Receive
 
-MULTIPART_OVERHEAD = 16 * 1024  # boundaries and part headers around the file
+MULTIPART_OVERHEAD = 16 * 1024  # boundaries, part headers and the few small fields around the file
+MAX_FILES = 1  # the image
+MAX_FIELDS = 8  # small fields a form may send besides it (ignored)
+MAX_FIELD_BYTES = 1024  # each
 
 
 @dataclass(frozen=True)
@@ -38,69 +41,53 @@ FORMATS = {
 }
 
 
-class _FilePart:
-    """python-multipart callbacks that keep only the named file field, and at most `limit` bytes of it."""
+class _CappedBody:
+    """The request's receive channel, refusing the body once more than `limit` bytes have arrived.
 
-    def __init__(self, field: str, limit: int) -> None:
-        self.field, self.limit = field, limit
-        self.data = bytearray()
-        self.found = False
-        self._header_field = bytearray()
-        self._header_value = bytearray()
-        self._headers: dict[bytes, bytes] = {}
-        self._in_field = False
+    The multipart parser reads through it, so an oversized body is refused while it streams in.
+    """
 
-    def on_part_begin(self) -> None:
-        self._headers, self._in_field = {}, False
+    def __init__(self, receive: Receive, limit: int, max_bytes: int) -> None:
+        self.receive, self.limit, self.max_bytes = receive, limit, max_bytes
+        self.received = 0
 
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_field += data[start:end]
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                raise _too_large(self.max_bytes)
+        return message
 
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
 
-    def on_header_end(self) -> None:
-        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
-        self._header_field, self._header_value = bytearray(), bytearray()
-
-    def on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._in_field = options.get(b"name") == self.field.encode() and not self.found
-        self.found = self.found or self._in_field
-
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._in_field:
-            self.data += data[start:end]
-            if len(self.data) > self.limit:
-                raise HTTPException(413, f"file too large: the limit is {self.limit // (1024 * 1024)} MB")
-
-    def callbacks(self) -> dict:
-        return {name: getattr(self, name) for name in (
-            "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
-            "on_part_data")}
+def _too_large(max_bytes: int) -> HTTPException:
+    return HTTPException(413, f"file too large: the limit is {max_bytes // (1024 * 1024)} MB")
 
 
 async def read_file_field(request: Request, field: str, max_bytes: int) -> bytes:
-    """The bytes of multipart field `field`, refusing bodies over the cap as they stream in."""
+    """The bytes of multipart field `field`, refusing bodies over the cap as they stream in.
+
+    Starlette's parser (python-multipart) does the parsing; a malformed body is its 400. Besides the
+    file, a form may carry a few small fields, which are ignored.
+    """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise HTTPException(415, f"send multipart/form-data with the image in a field named '{field}'")
     body_limit = max_bytes + MULTIPART_OVERHEAD
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > body_limit:
-        raise HTTPException(413, f"file too large: the limit is {max_bytes // (1024 * 1024)} MB")
-    part = _FilePart(field, max_bytes)
-    parser = MultipartParser(options[b"boundary"], part.callbacks())
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > body_limit:
-            raise HTTPException(413, f"file too large: the limit is {max_bytes // (1024 * 1024)} MB")
-        parser.write(chunk)
-    parser.finalize()
-    if not part.found:
-        raise HTTPException(422, f"missing the '{field}' field")
-    return bytes(part.data)
+        raise _too_large(max_bytes)
+    capped = Request(request.scope, _CappedBody(request.receive, body_limit, max_bytes))
+    form = await capped.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    try:
+        part = form.get(field)
+        if part is None:
+            raise HTTPException(422, f"missing the '{field}' field")
+        if isinstance(part, str):
+            raise HTTPException(422, f"send the image as a file in the '{field}' field")
+        return await part.read()
+    finally:
+        await form.close()
 
 
 def _trailing_bytes(data: bytes, image_format: str) -> bytes:

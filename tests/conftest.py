@@ -117,3 +117,38 @@ def s3_server() -> Iterator[S3Server]:
     server.start()
     yield S3Server(f"http://127.0.0.1:{port}")
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis for shared rate-limit counts: `SASTRE_TEST_REDIS_URL`, or a `redis-server` (Debian's
+    package) started here on a free loopback port, keeping nothing on disk."""
+    configured = os.environ.get("SASTRE_TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    import shutil
+    import subprocess
+    import time
+
+    import redis
+
+    from serve_app.launcher import free_port
+
+    binary = shutil.which("redis-server")
+    assert binary, "the rate-limit tests need redis-server (apt-get install redis-server) or SASTRE_TEST_REDIS_URL"
+    port = free_port()
+    server = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            assert server.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)

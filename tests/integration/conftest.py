@@ -19,6 +19,8 @@ from serve_app.launcher import serve
 from tests.conftest import fresh_database
 
 IMAGE_SIZE = 128
+# Tests drive the service from one address far faster than a customer would: no per-client limits.
+UNLIMITED = {"rate_limit_generate": "1000000/minute", "rate_limit_upload": "1000000/minute"}
 
 
 @dataclass
@@ -55,6 +57,6 @@ def service_engine(service_database_url: str) -> Iterator[Engine]:
 def service(service_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("service")
     settings = {"database_url": service_database_url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
-                "image_size": IMAGE_SIZE, "poll_seconds": 0.5}
+                "image_size": IMAGE_SIZE, "poll_seconds": 0.5, "db_statement_timeout_seconds": 2, **UNLIMITED}
     with serve(root, settings) as launched:
         yield Service(launched.base_url, root / "data")

@@ -20,6 +20,7 @@ import pytest
 
 from db.migrate import upgrade
 from serve_app.launcher import Launched, serve
+from tests.integration.conftest import UNLIMITED
 from tests.integration.test_service import NAVY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -63,7 +64,7 @@ def faulty(tmp_path_factory) -> Iterator[FaultService]:
     upgrade(url)
     settings = {"database_url": url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
                 "image_size": SIZE, "poll_seconds": 0.5, "lease_seconds": 3, "cut_attempts": 8,
-                "cut_retry_seconds": 0.5, "runner_concurrency": 16}
+                "cut_retry_seconds": 0.5, "runner_concurrency": 16, **UNLIMITED}
     with serve(root, settings) as launched:
         yield FaultService(launched, root / "data", postgres)
     postgres.cleanup()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from serve_app.launcher import serve
 from tests.conftest import fresh_database
-from tests.integration.conftest import IMAGE_SIZE
+from tests.integration.conftest import IMAGE_SIZE, UNLIMITED
 from tests.integration.test_service import NAVY, _wait
 from tests.upload_files import image_bytes
 
@@ -31,7 +31,7 @@ def _s3_service(database_url, s3_server, tmp_path_factory) -> Iterator[tuple[str
     settings = {"database_url": database_url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
                 "image_size": IMAGE_SIZE, "poll_seconds": 0.5, "storage_backend": "s3", "s3_bucket": bucket,
                 "s3_endpoint_url": s3_server.endpoint_url, "s3_region": "us-east-1",
-                "s3_access_key_id": "testing", "s3_secret_access_key": "testing"}
+                "s3_access_key_id": "testing", "s3_secret_access_key": "testing", **UNLIMITED}
     with serve(root, settings) as launched:
         yield launched.base_url, bucket
 

@@ -126,3 +126,41 @@ def test_small_body_reads_only_the_file_field():
     assert ok.status_code == 200 and ok.json() == {"size": 5}
     assert wrong_field.status_code == 422 and "'file'" in wrong_field.json()["detail"]
     assert not_multipart.status_code == 415
+
+
+@pytest.mark.parametrize("body,content_type", [
+    (b"--B\r\n[]--B--\r\n", "multipart/form-data; boundary=B"),  # what the fuzzer found: a 500
+    (b"--B\r\nContent-Disposition: form-data\r\n\r\nx\r\n--B--\r\n", "multipart/form-data; boundary=B"),
+    (b"--B\r\n\r\n\r\n--B--\r\n", "multipart/form-data; boundary=B"),
+    (b"garbage with no boundary at all", "multipart/form-data; boundary=B"),
+    (b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nab", "multipart/form-data; boundary=B"),
+])
+def test_malformed_multipart_is_a_4xx(body, content_type):
+    async def scenario():
+        transport = httpx.ASGITransport(app=_app(1024 * 1024), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/upload", content=body, headers={"content-type": content_type})
+
+    response = asyncio.run(scenario())
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert "detail" in response.json()
+
+
+def test_parts_and_fields_are_limited():
+    files = [("file", ("a.png", b"12345", "image/png")), ("file2", ("b.png", b"12345", "image/png"))]
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=_app(1024 * 1024), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            two_files = await client.post("/upload", files=files)
+            many_fields = await client.post("/upload", files=files[:1], data={f"f{i}": "x" for i in range(50)})
+            big_field = await client.post("/upload", files=files[:1], data={"note": "x" * 100_000})
+            text_file = await client.post("/upload", files=[("other", ("b.png", b"1", "image/png"))],
+                                          data={"file": "a text field, not a file"})
+        return two_files, many_fields, big_field, text_file
+
+    two_files, many_fields, big_field, text_file = asyncio.run(scenario())
+    assert two_files.status_code == 400 and "Too many files" in two_files.json()["detail"]
+    assert many_fields.status_code == 400 and "Too many fields" in many_fields.json()["detail"]
+    assert big_field.status_code == 400 and "maximum size" in big_field.json()["detail"]
+    assert text_file.status_code == 422 and "as a file" in text_file.json()["detail"]

@@ -1,0 +1,92 @@
+"""Per-client rate limits on the public routes that create work or store files.
+
+`POST /generate` and `POST /upload-swatch` each have a limit in the `limits` library's notation
+(`SASTRE_RATE_LIMIT_GENERATE=30/minute`, several separated by `;`), counted by that library over a
+moving window. The counts live in this replica's memory unless `SASTRE_RATE_LIMIT_STORAGE` names a
+shared store (`redis://host:6379/0`): with memory, a client may make the limit's worth of requests to
+every ingress replica. A refusal is a 429 with `Retry-After`.
+
+The client is the connecting address. When that address is a trusted proxy (`SASTRE_TRUSTED_PROXIES`,
+addresses or networks), it is the nearest `X-Forwarded-For` hop that is not itself a trusted proxy:
+hops further left were written by the client and prove nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+
+from fastapi import Depends, HTTPException, Request
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+logger = logging.getLogger("sastre.api")
+
+MAX_CLIENT_KEY = 64  # characters of an address kept in a counter's key
+STORE_TIMEOUT = 0.5  # seconds
+
+
+def parse_limits(text: str) -> list[RateLimitItem]:
+    """`30/minute` or `30/minute;500/hour`, refused at start-up if it does not parse."""
+    try:
+        return parse_many(text)
+    except ValueError:
+        raise ValueError(f"not a rate limit: {text!r} (write e.g. 30/minute or 30/minute;500/hour)") from None
+
+
+class RateLimits:
+    def __init__(self, limits: dict[str, str], storage: str = "memory://", trusted_proxies: list[str] = ()) -> None:
+        self.limits = {route: parse_limits(text) for route, text in limits.items()}
+        options = {}
+        if storage.startswith(("redis://", "rediss://")):  # a Redis that stops answering costs 0.5 s, not a hang
+            options = {"socket_timeout": STORE_TIMEOUT, "socket_connect_timeout": STORE_TIMEOUT}
+        self.limiter = MovingWindowRateLimiter(storage_from_string(storage, **options))
+        self.proxies = [ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies]
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.proxies)
+
+    def client(self, request: Request) -> str:
+        """Who is asking: the connecting address, or the nearest untrusted hop behind trusted proxies."""
+        address = request.client.host if request.client else "unknown"
+        if not self._trusted(address):
+            return address
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
+        for hop in reversed([hop.strip() for hop in forwarded.split(",") if hop.strip()]):
+            if not self._trusted(hop):
+                return hop[:MAX_CLIENT_KEY]
+            address = hop
+        return address
+
+    def check(self, route: str, request: Request) -> None:
+        """Count this request against the route's limits for its client; 429 once one is spent."""
+        client = self.client(request)
+        for limit in self.limits[route]:
+            try:
+                allowed = self.limiter.hit(limit, "sastre", route, client)
+                if allowed:
+                    continue
+                reset_at = self.limiter.get_window_stats(limit, "sastre", route, client).reset_time
+            except Exception as exc:  # the shared store is away: protection lapses, the service does not
+                logger.warning("rate limit store unavailable (%s); %s not limited", type(exc).__name__, route)
+                return
+            retry_after = max(1, math.ceil(reset_at - time.time()))
+            raise HTTPException(429, f"too many requests: the limit is {limit} per client; retry in {retry_after} s",
+                                headers={"Retry-After": str(retry_after)})
+
+
+def rate_limited(route: str):
+    """A route dependency that applies the service's limits for `route` to each request."""
+
+    def check(request: Request) -> None:
+        request.app.state.services.rate_limits.check(route, request)
+
+    return Depends(check)
+

@@ -1,0 +1,129 @@
+"""The app under plain uvicorn (no Ray proxy queueing in front of it) when the database cannot keep up:
+300 concurrent clients, a pool smaller than the route threads, a table locked past the statement
+timeout. Overload is a 503 with Retry-After and a JSON body, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import psycopg
+import uvicorn
+from sqlalchemy import create_engine
+
+from catalog.data import load_catalog
+from catalog.loader import sync_catalog
+from db.engine import make_sessionmaker, sqlalchemy_url
+from deployments.storage import LocalStorage
+from serve_app.api import Services
+from serve_app.launcher import free_port
+from serve_app.settings import Settings
+from serve_app.web import create_app
+
+NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
+CLIENTS = 300
+
+
+@contextmanager
+def uvicorn_serving(services: Services) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning",
+                                           backlog=CLIENTS * 2, timeout_keep_alive=30))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def services_for(sessions, tmp_path, pooled_sessions, **settings) -> Services:
+    catalog = load_catalog()
+    with sessions.begin() as s:
+        sync_catalog(s, catalog)
+    settings = Settings(data_dir=tmp_path, rate_limit_generate="1000000/minute", max_pending_jobs=1_000_000,
+                        **settings)
+    return Services(settings=settings, sessions=pooled_sessions, storage=LocalStorage(tmp_path, "http://t/media"),
+                    catalog=catalog)
+
+
+async def clients(base_url: str, job_ids: list[str], seconds: float) -> list[tuple[int, str | None, str]]:
+    """CLIENTS clients, each polling a job and now and then posting one, for `seconds`."""
+    results: list[tuple[int, str | None, str]] = []
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+        async def one(index: int) -> None:
+            end = time.monotonic() + seconds
+            turn = 0
+            while time.monotonic() < end:
+                turn += 1
+                try:
+                    if (index + turn) % 10 == 0:
+                        response = await client.post("/generate", json=NAVY)
+                    else:
+                        response = await client.get(f"/jobs/{job_ids[(index + turn) % len(job_ids)]}")
+                except httpx.TransportError as exc:  # counted: a dropped connection is no answer either
+                    results.append((0, None, repr(exc)))
+                    continue
+                results.append((response.status_code, response.headers.get("retry-after"), response.text))
+
+        await asyncio.gather(*(one(i) for i in range(CLIENTS)))
+    return results
+
+
+def assert_overload_is_503_with_retry_after(results) -> Counter:
+    statuses = Counter(status for status, _, _ in results)
+    assert not {s for s in statuses if s >= 500 or s == 0} - {503}, statuses
+    for status, retry_after, text in results:
+        if status == 503:
+            assert retry_after and int(retry_after) > 0, text
+            assert "retry" in httpx.Response(503, text=text).json()["detail"]
+    return statuses
+
+
+def test_300_clients_on_a_pool_smaller_than_the_threads_get_no_500(sessions, database_url, tmp_path):
+    # 2 connections for 40 route threads, given up on after 50 ms: the pool runs dry at once.
+    engine = create_engine(sqlalchemy_url(database_url), pool_size=2, max_overflow=0, pool_timeout=0.05)
+    services = services_for(sessions, tmp_path, make_sessionmaker(engine), ingress_threads=40)
+    with uvicorn_serving(services) as base_url:
+        job_ids = [httpx.post(f"{base_url}/generate", json=NAVY).json()["job_id"] for _ in range(5)]
+        results = asyncio.run(clients(base_url, job_ids, seconds=4))
+    engine.dispose()
+    statuses = assert_overload_is_503_with_retry_after(results)
+    assert statuses[503] > 0 and statuses[200] > 0, statuses  # it did run dry, and it still served
+
+
+def test_300_clients_on_the_sized_pool_while_a_lock_outlasts_the_statement_timeout(sessions, database_url, tmp_path):
+    from serve_app.web import ingress_sessions
+
+    settings = Settings(ingress_threads=8, db_statement_timeout_seconds=0.5, db_pool_timeout_seconds=5)
+    pooled = ingress_sessions(settings, database_url)
+    services = services_for(sessions, tmp_path, pooled, ingress_threads=8, db_statement_timeout_seconds=0.5)
+    with uvicorn_serving(services) as base_url:
+        job_ids = [httpx.post(f"{base_url}/generate", json=NAVY).json()["job_id"] for _ in range(5)]
+
+        def hold_lock() -> None:
+            time.sleep(1)
+            with psycopg.connect(database_url) as conn:
+                conn.execute("LOCK TABLE generation_jobs IN ACCESS EXCLUSIVE MODE")
+                time.sleep(2)
+
+        locker = threading.Thread(target=hold_lock)
+        locker.start()
+        results = asyncio.run(clients(base_url, job_ids, seconds=4))
+        locker.join()
+    engine = pooled.kw["bind"]
+    assert engine.pool.size() == 8 and engine.pool.overflow() <= 0
+    engine.dispose()
+    statuses = assert_overload_is_503_with_retry_after(results)
+    assert statuses[503] > 0 and statuses[200] > 0 and statuses[202] > 0, statuses
