@@ -214,7 +214,7 @@ def test_the_random_controlnet_passes_the_control_map_on():
     residuals = {}
     for cut in ("recto", "cruzado"):
         control = mapper.control_map(catalog.cut(cut).template_png(), cut, "canny", SIZE)
-        cond = torch.from_numpy(control).permute(2, 0, 1)[None].float() / 255
+        cond = torch.from_numpy(control.copy()).permute(2, 0, 1)[None].float() / 255  # cached maps are read-only
         with torch.no_grad():
             down, mid = pipeline.controlnet(latents, 999, encoder_hidden_states=embeds, controlnet_cond=cond,
                                             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
