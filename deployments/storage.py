@@ -16,10 +16,19 @@ from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 UPLOAD_PREFIX = "temp-uploads/"
+MISSING_CODES = ("404", "NoSuchKey", "NotFound")  # what S3, R2 and MinIO answer for an absent key
 
 
 class StorageError(Exception):
     """A key is invalid or an object cannot be read or written."""
+
+
+class ObjectMissing(StorageError):
+    """The object is not there (deleted, expired, never written): asking again will not bring it back."""
+
+
+class StorageUnavailable(StorageError):
+    """The store did not answer properly (a 5xx, a timeout, a refused connection): worth asking again."""
 
 
 def validate_key(key: str) -> str:
@@ -88,8 +97,10 @@ class LocalStorage:
     def get(self, key: str) -> bytes:
         try:
             return self.path_for(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise ObjectMissing(f"no object {key!r}") from exc
         except OSError as exc:
-            raise StorageError(f"cannot read {key!r}: {exc.strerror}") from exc
+            raise StorageUnavailable(f"cannot read {key!r}: {exc.strerror}") from exc
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
@@ -162,10 +173,18 @@ class S3Storage:
         return self.url_for(key)
 
     def get(self, key: str) -> bytes:
+        """The object's bytes; `ObjectMissing` only when the bucket says so (404), else `StorageUnavailable`."""
+        from botocore.exceptions import ClientError
+
+        validate_key(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=validate_key(key))["Body"].read()
-        except self._errors() as exc:
-            raise StorageError(f"cannot read {key!r}: {exc}") from exc
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+                raise ObjectMissing(f"no object {key!r}") from exc
+            raise StorageUnavailable(f"cannot read {key!r}: {exc}") from exc
+        except Exception as exc:  # refused or reset connections, timeouts, a body cut off (urllib3's own errors)
+            raise StorageUnavailable(f"cannot read {key!r}: {type(exc).__name__}: {exc}") from exc
 
     def _head(self, key: str) -> dict | None:
         from botocore.exceptions import ClientError
@@ -173,7 +192,7 @@ class S3Storage:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
                 return None
             raise StorageError(f"cannot stat {key!r}: {exc}") from exc
 

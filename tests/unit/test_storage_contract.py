@@ -11,7 +11,9 @@ import json
 import httpx
 import pytest
 
-from deployments.storage import UPLOAD_PREFIX, LocalStorage, S3Storage, StorageError
+from deployments.storage import UPLOAD_PREFIX, LocalStorage, ObjectMissing, S3Storage, StorageError, StorageUnavailable
+from serve_app.launcher import free_port
+from tests.storage_faults import FaultProxy
 
 
 def _s3(s3_server, public: bool) -> S3Storage:
@@ -52,6 +54,32 @@ def test_put_get_exists_and_age(storage):
 def test_missing_object_raises_storage_error(storage):
     with pytest.raises(StorageError):
         storage.get("temp-uploads/nothing.png")
+
+
+def test_a_missing_object_is_object_missing(storage):
+    """The one failure that means "gone": a swatch read falls back on it instead of retrying."""
+    with pytest.raises(ObjectMissing):
+        storage.get("temp-uploads/nothing.png")
+
+
+@pytest.mark.parametrize("fault", ["connection refused", "503"])
+def test_a_store_that_does_not_answer_is_unavailable_not_missing(s3_server, fault):
+    bucket = s3_server.new_bucket()
+    if fault == "connection refused":
+        endpoint, proxy = f"http://127.0.0.1:{free_port()}", None
+    else:
+        proxy = FaultProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1]))
+        proxy.set_mode("fail-reads")
+        endpoint = proxy.endpoint_url
+    storage = S3Storage(bucket, endpoint_url=endpoint, region="us-east-1", access_key_id="testing",
+                        secret_access_key="testing")
+    try:
+        with pytest.raises(StorageUnavailable) as raised:
+            storage.get("temp-uploads/x.png")
+    finally:
+        if proxy:
+            proxy.close()
+    assert not isinstance(raised.value, ObjectMissing)
 
 
 @pytest.mark.parametrize("key", ["../x", "a/../b", "/abs", "a//b", ""])
