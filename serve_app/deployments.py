@@ -74,7 +74,8 @@ class JobRunnerDeployment:
     def __init__(self, settings: dict, database_url: str, storage: dict, preprocessor: DeploymentHandle,
                  generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
         config = Settings(**settings)
-        renderer = ServeCutRenderer(preprocessor, generator, finisher, config.control_detector, config.image_size)
+        renderer = ServeCutRenderer(preprocessor, generator, finisher, config.control_detector, config.image_size,
+                                    config.stage_timeout_seconds)
         self.runner = JobRunner(
             make_sessionmaker(make_engine(database_url)), database_url, load_catalog(), renderer,
             concurrency=config.runner_concurrency, lease_seconds=config.lease_seconds,
