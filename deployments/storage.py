@@ -16,6 +16,7 @@ from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 UPLOAD_PREFIX = "temp-uploads/"
+JOB_PREFIX = "jobs/"  # what a job owns (its swatch): outside the expiring upload prefix
 MISSING_CODES = ("404", "NoSuchKey", "NotFound")  # what S3, R2 and MinIO answer for an absent key
 
 
@@ -58,6 +59,8 @@ def key_under_base(url: str, base_url: str) -> str | None:
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> str: ...
     def get(self, key: str) -> bytes: ...
+    def copy(self, source: str, target: str) -> None: ...
+    def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
     def modified_at(self, key: str) -> datetime | None: ...
     def url_for(self, key: str) -> str: ...
@@ -101,6 +104,13 @@ class LocalStorage:
             raise ObjectMissing(f"no object {key!r}") from exc
         except OSError as exc:
             raise StorageUnavailable(f"cannot read {key!r}: {exc.strerror}") from exc
+
+    def copy(self, source: str, target: str) -> None:
+        data = self.get(source)
+        self.put(target, data, "")
+
+    def delete(self, key: str) -> None:
+        self.path_for(key).unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
@@ -185,6 +195,26 @@ class S3Storage:
             raise StorageUnavailable(f"cannot read {key!r}: {exc}") from exc
         except Exception as exc:  # refused or reset connections, timeouts, a body cut off (urllib3's own errors)
             raise StorageUnavailable(f"cannot read {key!r}: {type(exc).__name__}: {exc}") from exc
+
+    def copy(self, source: str, target: str) -> None:
+        """A server-side copy (the bytes never leave the bucket); the content type goes with them."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=validate_key(target),
+                                    CopySource={"Bucket": self.bucket, "Key": validate_key(source)})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+                raise ObjectMissing(f"no object {source!r}") from exc
+            raise StorageUnavailable(f"cannot copy {source!r}: {exc}") from exc
+        except self._errors() as exc:
+            raise StorageUnavailable(f"cannot copy {source!r}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=validate_key(key))
+        except self._errors() as exc:
+            raise StorageUnavailable(f"cannot delete {key!r}: {exc}") from exc
 
     def _head(self, key: str) -> dict | None:
         from botocore.exceptions import ClientError

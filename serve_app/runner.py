@@ -30,6 +30,7 @@ from catalog.prompts import build_prompt
 from db import jobs
 from db.models import Color, FabricFamily, GenerationJob
 from deployments.storage import UPLOAD_PREFIX, Storage
+from serve_app.job_inputs import forget_swatch
 
 logger = logging.getLogger("sastre.runner")
 
@@ -287,14 +288,16 @@ class JobRunner:
         except Exception as exc:
             errors = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
             if any(isinstance(error, JobCanceled) for error in errors):
-                await self._db(self._finish, jobs.mark_canceled, job_id)
+                if await self._db(self._finish, jobs.mark_canceled, job_id):
+                    await self._forget_swatch(job_id, tasks)
                 logger.info("job %s canceled", job_id)
                 return
             first = errors[0]
             logger.error("job %s failed: %s: %s", job_id, type(first).__name__, first)
             await self._db(self._finish, jobs.fail_job, job_id, f"{type(first).__name__}: {first}")
             return
-        await self._db(self._finish, jobs.complete_job, job_id, [results[t.cut]["url"] for t in tasks])
+        if await self._db(self._finish, jobs.complete_job, job_id, [results[t.cut]["url"] for t in tasks]):
+            await self._forget_swatch(job_id, tasks)
         logger.info("job %s completed (%d cuts, %d reused from an earlier attempt)", job_id, len(tasks), len(done))
 
     async def _run_cut(self, task: CutTask) -> dict:
@@ -321,6 +324,11 @@ class JobRunner:
         await self._db(self._record, task.job_id, task.cut, entry)
         return entry
 
-    def _finish(self, operation, job_id: str, *args) -> None:
+    def _finish(self, operation, job_id: str, *args) -> bool:
         with self.sessions.begin() as session:
-            operation(session, job_id, self.owner, *args)
+            return operation(session, job_id, self.owner, *args)
+
+    async def _forget_swatch(self, job_id: str, tasks: list[CutTask]) -> None:
+        """The job is done (its final write landed): its own swatch copy is no longer needed."""
+        if self.storage is not None and tasks:
+            await self._in(self._db_threads, forget_swatch, self.storage, job_id, tasks[0].swatch_key)

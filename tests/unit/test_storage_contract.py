@@ -82,6 +82,20 @@ def test_a_store_that_does_not_answer_is_unavailable_not_missing(s3_server, faul
     assert not isinstance(raised.value, ObjectMissing)
 
 
+def test_copy_keeps_the_bytes_under_a_new_key_and_delete_removes_it(storage):
+    storage.put(UPLOAD_PREFIX + "s.png", b"swatch", "image/png")
+    storage.copy(UPLOAD_PREFIX + "s.png", "jobs/j1/swatch.png")
+    assert storage.get("jobs/j1/swatch.png") == b"swatch"
+    if isinstance(storage, S3Storage):
+        head = storage.client.head_object(Bucket=storage.bucket, Key="jobs/j1/swatch.png")
+        assert head["ContentType"] == "image/png"
+    with pytest.raises(ObjectMissing):
+        storage.copy(UPLOAD_PREFIX + "gone.png", "jobs/j2/swatch.png")
+    storage.delete("jobs/j1/swatch.png")
+    storage.delete("jobs/j1/swatch.png")  # deleting what is gone is not an error
+    assert not storage.exists("jobs/j1/swatch.png") and storage.exists(UPLOAD_PREFIX + "s.png")
+
+
 @pytest.mark.parametrize("key", ["../x", "a/../b", "/abs", "a//b", ""])
 def test_invalid_keys_are_refused(storage, key):
     with pytest.raises(StorageError):
