@@ -30,10 +30,14 @@ class StageTimeout(Exception):
 
 async def bounded(stage: str, seconds: float, work: Awaitable[T]) -> T:
     """Await `work` for at most `seconds`, then cancel it and raise `StageTimeout` naming the stage."""
+    deadline = asyncio.timeout(seconds)
     try:
-        return await asyncio.wait_for(work, seconds)
+        async with deadline:
+            return await work
     except TimeoutError:
-        raise StageTimeout(f"{stage} did not finish within {seconds:g} s") from None
+        if deadline.expired():
+            raise StageTimeout(f"{stage} did not finish within {seconds:g} s") from None
+        raise  # a TimeoutError of the work's own
 
 
 class CallsInFlight:
