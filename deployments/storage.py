@@ -110,7 +110,10 @@ class LocalStorage:
         self.put(target, data, "")
 
     def delete(self, key: str) -> None:
-        self.path_for(key).unlink(missing_ok=True)
+        try:
+            self.path_for(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot delete {key!r}: {exc.strerror}") from exc
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()

@@ -278,6 +278,7 @@ class JobRunner:
             return jobs.cancel_requested(session, job_id)
 
     async def process(self, job_id: str) -> None:
+        tasks: list[CutTask] = []
         try:
             tasks, done = await self._db(self._plan, job_id)
             async with asyncio.TaskGroup() as group:
