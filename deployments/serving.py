@@ -92,9 +92,11 @@ class SdxlTurboGenerator:
     async def generate(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutImage:
         """One cut, bounded by the stage timeout. A swatch that is gone falls back to IP-Adapter scale 0
         (`read_swatch`); a store that does not answer fails the call, and the runner retries the cut."""
-        return await bounded("generate", self.stage_timeout_s, self._generate_one(prompt, control_image, swatch_key, seed))
+        work = self._generate_one(prompt, control_image, swatch_key, seed)
+        return await bounded("generate", self.stage_timeout_s, work)
 
-    async def _generate_one(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutImage:
+    async def _generate_one(self, prompt: str, control_image: np.ndarray, swatch_key: str | None,
+                            seed: int) -> CutImage:
         loop = asyncio.get_running_loop()
         swatch = await loop.run_in_executor(self._reads, read_swatch, self.storage, swatch_key)
         return await self.generate_batch(prompt, control_image, swatch, seed)

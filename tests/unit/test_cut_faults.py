@@ -90,7 +90,8 @@ async def _until(sessions, job_id: str, done, timeout: float):
         if done(job):
             return job
         await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out; the job is {_job(sessions, job_id).status}: {_job(sessions, job_id).cut_progress}")
+    job = _job(sessions, job_id)
+    raise AssertionError(f"timed out; the job is {job.status}: {job.cut_progress}")
 
 
 def _finished(job) -> bool:
