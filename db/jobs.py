@@ -61,6 +61,7 @@ def create_job(
     max_attempts: int = 3,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    job_id: str | None = None,
 ) -> GenerationJob:
     """Insert a pending job and wake the runners when the transaction commits.
 
@@ -68,7 +69,7 @@ def create_job(
     looks the existing job up (`find_by_idempotency_key`) and compares `request_hash`.
     """
     job = GenerationJob(
-        job_id=str(uuid.uuid4()), status="pending", family_id=family_id, color_id=color_id, cuts=list(cuts),
+        job_id=job_id or str(uuid.uuid4()), status="pending", family_id=family_id, color_id=color_id, cuts=list(cuts),
         seed=seed, swatch_url=swatch_url, swatch_key=swatch_key, max_attempts=max_attempts,
         idempotency_key=idempotency_key, request_hash=request_hash,
         cut_progress={cut: {"status": "pending", "seed": seed + index} for index, cut in enumerate(cuts)},

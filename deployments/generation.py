@@ -25,6 +25,7 @@ from PIL import Image
 from deployments.denoising import TurboBatch, TurboDenoiser
 from deployments.graphs import BucketedRunner, cuda_graph_builder
 from deployments.model_loading import LoadedPipeline, ModelSources, load_pipeline
+from deployments.storage import ObjectMissing, Storage
 
 logger = logging.getLogger("sastre.generation")
 
@@ -82,6 +83,22 @@ def decode_swatch(data: bytes | None) -> Image.Image | None:
         with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def read_swatch(storage: Storage, key: str | None) -> bytes | None:
+    """The swatch's bytes, or None when it is really gone: the IP-Adapter scale-0 fallback.
+
+    Only a missing object falls back (an undecodable one does too, later, in `decode_swatch`). A
+    store that does not answer properly raises `StorageUnavailable`: the cut attempt fails and is
+    retried, so a storage hiccup never turns into a degraded image in a "completed" job.
+    """
+    if key is None:
+        return None
+    try:
+        return storage.get(key)
+    except ObjectMissing as exc:
+        logger.warning("swatch %s is gone, IP-Adapter falls back to scale 0: %s", key, exc)
         return None
 
 

@@ -8,43 +8,58 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ray import serve
 
 from deployments.finishing import Finisher
-from deployments.generation import Acceleration, CutImage, CutRequest, SdxlTurboModel
+from deployments.generation import Acceleration, CutImage, CutRequest, SdxlTurboModel, read_swatch
 from deployments.model_loading import ModelSources, load_pipeline
 from deployments.preprocessing import ControlMapper
-from deployments.storage import StorageError, open_storage
+from deployments.stages import CallsInFlight, bounded
+from deployments.storage import open_storage
 
 logger = logging.getLogger("ray.serve")
+
+# Serve asks every few seconds and replaces a replica after 3 failed checks in a row. A replica whose
+# blocking work has outlived its stage timeout fails the check (see deployments/stages.py).
+HEALTH_CHECK = {"health_check_period_s": 5, "health_check_timeout_s": 10}
 
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.5, "num_gpus": 0.1},
     max_ongoing_requests=32,
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
+    **HEALTH_CHECK,
 )
 class ControlNetPreprocessor:
-    def __init__(self) -> None:
+    def __init__(self, stage_timeout_s: float) -> None:
         self.mapper = ControlMapper()
+        self.stage_timeout_s = stage_timeout_s
+        self.calls = CallsInFlight("control map")
 
-    def control_map(self, template_png: bytes, cut: str, detector: str, resolution: int) -> np.ndarray:
-        return self.mapper.control_map(template_png, cut, detector, resolution)
+    async def control_map(self, template_png: bytes, cut: str, detector: str, resolution: int) -> np.ndarray:
+        work = asyncio.to_thread(self.calls.run, self.mapper.control_map, template_png, cut, detector, resolution)
+        return await bounded("preprocess", self.stage_timeout_s, work)
 
     def check_health(self) -> None:
-        """Serve calls this periodically; a replica that raises here is replaced."""
+        """Fails while a control-map call has been running longer than the stage timeout."""
+        self.calls.check(self.stage_timeout_s)
 
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 1, "num_gpus": 1},
     max_ongoing_requests=32,
     autoscaling_config={"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 8},
+    **HEALTH_CHECK,
 )
 class SdxlTurboGenerator:
     def __init__(self, profile: str, storage: dict, sources: dict | None = None, num_inference_steps: int = 1,
-                 image_size: int = 512, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01) -> None:
+                 image_size: int = 512, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01, *,
+                 stage_timeout_s: float, fault_stall_file: str | None = None) -> None:
         loaded = load_pipeline(profile, ModelSources(**(sources or {})))
         acceleration = Acceleration.for_device(loaded.pipeline.device, max_batch_size)
         self.model = SdxlTurboModel(loaded, num_inference_steps, acceleration=acceleration)
@@ -54,35 +69,44 @@ class SdxlTurboGenerator:
         self.storage = open_storage(storage)
         self.generate_batch.set_max_batch_size(max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.stage_timeout_s = stage_timeout_s
+        self.model_calls = CallsInFlight("model")
+        # Swatch reads get threads of their own: a storage endpoint that stops answering ties up
+        # these until the S3 client's own timeouts, never the threads the model runs on.
+        self._reads = ThreadPoolExecutor(16, thread_name_prefix="swatch-read")
+        self.fault_stall_file = fault_stall_file
 
-    def _swatch(self, key: str | None) -> bytes | None:
-        if key is None:
-            return None
-        try:
-            return self.storage.get(key)
-        except StorageError as exc:
-            logger.warning("swatch %s unreadable, IP-Adapter falls back to scale 0: %s", key, exc)
-            return None
-
-    # Two batches in flight: while one holds the model (the GPU), the next gathers its requests and
-    # reads its swatches from storage, so the GPU does not wait on the network between batches.
+    # Each request reads its own swatch (outside the model's lock, concurrently), so a storage error
+    # fails that cut alone; two batches in flight: while one holds the model (the GPU), the next gathers.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
-    async def generate_batch(self, prompt: list[str], control_image: list[np.ndarray], swatch_key: list[str | None],
+    async def generate_batch(self, prompt: list[str], control_image: list[np.ndarray], swatch: list[bytes | None],
                              seed: list[int]) -> list[CutImage]:
-        return await asyncio.to_thread(self._generate, list(zip(prompt, control_image, swatch_key, seed)))
+        requests = [CutRequest(*cut) for cut in zip(prompt, control_image, swatch, seed)]
+        return await asyncio.to_thread(self.model_calls.run, self._generate, requests)
 
-    def _generate(self, cuts: list[tuple[str, np.ndarray, str | None, int]]) -> list[CutImage]:
-        """Read swatches (blocking I/O, outside the model's lock), then generate the batch."""
-        return self.model.generate([CutRequest(p, c, self._swatch(k), s) for p, c, k, s in cuts])
+    def _generate(self, requests: list[CutRequest]) -> list[CutImage]:
+        while self.fault_stall_file and os.path.exists(self.fault_stall_file):
+            time.sleep(0.1)  # fault injection (tests only): a model call that hangs, as a stuck CUDA call does
+        return self.model.generate(requests)
 
     async def generate(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutImage:
-        return await self.generate_batch(prompt, control_image, swatch_key, seed)
+        """One cut, bounded by the stage timeout. A swatch that is gone falls back to IP-Adapter scale 0
+        (`read_swatch`); a store that does not answer fails the call, and the runner retries the cut."""
+        work = self._generate_one(prompt, control_image, swatch_key, seed)
+        return await bounded("generate", self.stage_timeout_s, work)
+
+    async def _generate_one(self, prompt: str, control_image: np.ndarray, swatch_key: str | None,
+                            seed: int) -> CutImage:
+        loop = asyncio.get_running_loop()
+        swatch = await loop.run_in_executor(self._reads, read_swatch, self.storage, swatch_key)
+        return await self.generate_batch(prompt, control_image, swatch, seed)
 
     def describe(self) -> dict:
         return self.model.describe()
 
     def check_health(self) -> None:
-        """The model is loaded in __init__; nothing can go stale afterwards."""
+        """Fails while a model call has been running longer than the stage timeout (a stuck GPU)."""
+        self.model_calls.check(self.stage_timeout_s)
 
 
 @serve.deployment(
@@ -92,11 +116,12 @@ class SdxlTurboGenerator:
     autoscaling_config={"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 8},
 )
 class ImageFinisher:
-    def __init__(self, storage: dict, watermark_text: str = "SASTRE") -> None:
+    def __init__(self, storage: dict, watermark_text: str = "SASTRE", *, stage_timeout_s: float) -> None:
         self.finisher = Finisher(open_storage(storage), watermark_text)
+        self.stage_timeout_s = stage_timeout_s
 
     async def finish(self, image: CutImage, key: str) -> dict:
-        return await asyncio.to_thread(self.finisher.finish, image, key)
+        return await bounded("finish", self.stage_timeout_s, asyncio.to_thread(self.finisher.finish, image, key))
 
     def check_health(self) -> None:
         self.finisher.storage.check()

@@ -16,10 +16,20 @@ from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 UPLOAD_PREFIX = "temp-uploads/"
+JOB_PREFIX = "jobs/"  # what a job owns (its swatch): outside the expiring upload prefix
+MISSING_CODES = ("404", "NoSuchKey", "NotFound")  # what S3, R2 and MinIO answer for an absent key
 
 
 class StorageError(Exception):
     """A key is invalid or an object cannot be read or written."""
+
+
+class ObjectMissing(StorageError):
+    """The object is not there (deleted, expired, never written): asking again will not bring it back."""
+
+
+class StorageUnavailable(StorageError):
+    """The store did not answer properly (a 5xx, a timeout, a refused connection): worth asking again."""
 
 
 def validate_key(key: str) -> str:
@@ -49,6 +59,8 @@ def key_under_base(url: str, base_url: str) -> str | None:
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> str: ...
     def get(self, key: str) -> bytes: ...
+    def copy(self, source: str, target: str) -> None: ...
+    def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
     def modified_at(self, key: str) -> datetime | None: ...
     def url_for(self, key: str) -> str: ...
@@ -88,8 +100,20 @@ class LocalStorage:
     def get(self, key: str) -> bytes:
         try:
             return self.path_for(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise ObjectMissing(f"no object {key!r}") from exc
         except OSError as exc:
-            raise StorageError(f"cannot read {key!r}: {exc.strerror}") from exc
+            raise StorageUnavailable(f"cannot read {key!r}: {exc.strerror}") from exc
+
+    def copy(self, source: str, target: str) -> None:
+        data = self.get(source)
+        self.put(target, data, "")
+
+    def delete(self, key: str) -> None:
+        try:
+            self.path_for(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot delete {key!r}: {exc.strerror}") from exc
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
@@ -162,10 +186,38 @@ class S3Storage:
         return self.url_for(key)
 
     def get(self, key: str) -> bytes:
+        """The object's bytes; `ObjectMissing` only when the bucket says so (404), else `StorageUnavailable`."""
+        from botocore.exceptions import ClientError
+
+        validate_key(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=validate_key(key))["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+                raise ObjectMissing(f"no object {key!r}") from exc
+            raise StorageUnavailable(f"cannot read {key!r}: {exc}") from exc
+        except Exception as exc:  # refused or reset connections, timeouts, a body cut off (urllib3's own errors)
+            raise StorageUnavailable(f"cannot read {key!r}: {type(exc).__name__}: {exc}") from exc
+
+    def copy(self, source: str, target: str) -> None:
+        """A server-side copy (the bytes never leave the bucket); the content type goes with them."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=validate_key(target),
+                                    CopySource={"Bucket": self.bucket, "Key": validate_key(source)})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+                raise ObjectMissing(f"no object {source!r}") from exc
+            raise StorageUnavailable(f"cannot copy {source!r}: {exc}") from exc
         except self._errors() as exc:
-            raise StorageError(f"cannot read {key!r}: {exc}") from exc
+            raise StorageUnavailable(f"cannot copy {source!r}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=validate_key(key))
+        except self._errors() as exc:
+            raise StorageUnavailable(f"cannot delete {key!r}: {exc}") from exc
 
     def _head(self, key: str) -> dict | None:
         from botocore.exceptions import ClientError
@@ -173,7 +225,7 @@ class S3Storage:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
                 return None
             raise StorageError(f"cannot stat {key!r}: {exc}") from exc
 

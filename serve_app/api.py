@@ -32,8 +32,9 @@ from db import jobs
 from db.catalog import active_families, find_active_color
 from db.engine import ping
 from db.models import GenerationJob
-from deployments.storage import UPLOAD_PREFIX, LocalStorage, Storage, StorageError
+from deployments.storage import UPLOAD_PREFIX, LocalStorage, ObjectMissing, Storage, StorageError
 from serve_app.backpressure import BacklogGate
+from serve_app.job_inputs import forget_swatch, own_swatch
 from serve_app.ratelimit import RateLimits, rate_limited
 from serve_app.routing import StorableTextRoute
 from serve_app.schemas import (
@@ -130,6 +131,16 @@ def _resolve_swatch(services: Services, url: str, collection: str | None) -> str
     if key.startswith(UPLOAD_PREFIX) and modified + ttl < datetime.now(timezone.utc):
         raise HTTPException(422, "swatch_url refers to an upload that has expired: upload the swatch again")
     return key
+
+
+def _own_swatch(services: Services, key: str | None, job_id: str) -> str | None:
+    try:
+        return own_swatch(services.storage, key, job_id)
+    except ObjectMissing:
+        raise HTTPException(422, "swatch_url refers to a swatch that does not exist or has expired") from None
+    except StorageError:
+        logger.exception("copying swatch %s for job %s failed", key, job_id)
+        raise HTTPException(503, "storage unavailable, retry shortly", headers={"Retry-After": "5"}) from None
 
 
 MULTIPART_BODY = {
@@ -229,11 +240,18 @@ def _create(body: GenerateRequest, services: Services, idempotency_key: str | No
         else:
             swatch_key = color_swatch_key(family, color)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
-        job = jobs.create_job(
-            session, family_id=family.family_id, color_id=color.color_id, cuts=body.cuts, seed=seed,
-            swatch_url=body.swatch_url, swatch_key=swatch_key, max_attempts=services.settings.job_max_attempts,
-            idempotency_key=idempotency_key, request_hash=fingerprint if idempotency_key else None,
-        )
+        job_id = str(uuid.uuid4())
+        swatch_key = _own_swatch(services, swatch_key, job_id)
+        try:
+            job = jobs.create_job(
+                session, job_id=job_id, family_id=family.family_id, color_id=color.color_id, cuts=body.cuts,
+                seed=seed, swatch_url=body.swatch_url, swatch_key=swatch_key,
+                max_attempts=services.settings.job_max_attempts, idempotency_key=idempotency_key,
+                request_hash=fingerprint if idempotency_key else None,
+            )
+        except BaseException:
+            forget_swatch(services.storage, job_id, swatch_key)  # nothing half-written stays behind
+            raise
     return GenerateAccepted(job_id=job.job_id, status=job.status, seed=seed, status_url=f"/jobs/{job.job_id}")
 
 
@@ -281,6 +299,8 @@ def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
         job = jobs.get_job(session, job_id)
     if outcome == "final":
         raise HTTPException(409, f"job {job_id} is already {job.status}")
+    if outcome == "canceled":
+        forget_swatch(services.storage, job_id, job.swatch_key)
     return job_out(job, services.storage)
 
 

@@ -24,13 +24,15 @@ def build_app(args: dict | None = None) -> Application:
     resolved["data_dir"] = str(settings.data_dir.resolve())
     storage = settings.storage_config()
 
-    preprocessor = ControlNetPreprocessor.bind()
+    timeout = settings.stage_timeout_seconds
+    preprocessor = ControlNetPreprocessor.bind(timeout)
     generator = SdxlTurboGenerator.bind(
         settings.model_profile, storage,
         {"base": settings.base_model, "controlnet": settings.controlnet_model, "ip_adapter": settings.ip_adapter_model,
          "vae": settings.vae_model},
-        settings.num_inference_steps, settings.image_size,
+        settings.num_inference_steps, settings.image_size, stage_timeout_s=timeout,
+        fault_stall_file=settings.fault_stall_file,
     )
-    finisher = ImageFinisher.bind(storage, settings.watermark_text)
+    finisher = ImageFinisher.bind(storage, settings.watermark_text, stage_timeout_s=timeout)
     runner = JobRunnerDeployment.bind(resolved, database_url, storage, preprocessor, generator, finisher)
     return Ingress.bind(resolved, database_url, storage, jwt_secret, runner, preprocessor, generator, finisher)

@@ -74,7 +74,8 @@ class JobRunnerDeployment:
     def __init__(self, settings: dict, database_url: str, storage: dict, preprocessor: DeploymentHandle,
                  generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
         config = Settings(**settings)
-        renderer = ServeCutRenderer(preprocessor, generator, finisher, config.control_detector, config.image_size)
+        renderer = ServeCutRenderer(preprocessor, generator, finisher, config.control_detector, config.image_size,
+                                    config.stage_timeout_seconds)
         # A connection for each of the runner's database threads, so lease renewals never wait for one.
         engine = make_engine(database_url, pool_size=database_connections(config.runner_concurrency), max_overflow=0,
                              pool_timeout=config.db_pool_timeout_seconds,

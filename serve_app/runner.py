@@ -34,6 +34,7 @@ from db import jobs
 from db.catalog import find_family_and_color
 from db.models import GenerationJob
 from deployments.storage import UPLOAD_PREFIX, Storage
+from serve_app.job_inputs import forget_swatch
 
 logger = logging.getLogger("sastre.runner")
 
@@ -296,6 +297,7 @@ class JobRunner:
 
     async def process(self, lease: jobs.Lease) -> None:
         job_id = lease.job_id
+        tasks: list[CutTask] = []
         try:
             tasks, done = await self._db(self._plan, job_id)
             async with asyncio.TaskGroup() as group:
@@ -309,7 +311,8 @@ class JobRunner:
                 logger.warning("job %s: this attempt lost its lease (the job was re-queued); stopping it", job_id)
                 return
             if any(isinstance(error, JobCanceled) for error in errors):
-                await self._db(self._finish, jobs.mark_canceled, lease)
+                if await self._db(self._finish, jobs.mark_canceled, lease):
+                    await self._forget_swatch(job_id, tasks)
                 logger.info("job %s canceled", job_id)
                 return
             first = errors[0]
@@ -317,6 +320,7 @@ class JobRunner:
             await self._db(self._finish, jobs.fail_job, lease, f"{type(first).__name__}: {first}")
             return
         if await self._db(self._finish, jobs.complete_job, lease, [results[t.cut]["url"] for t in tasks]):
+            await self._forget_swatch(job_id, tasks)
             logger.info("job %s completed (%d cuts, %d reused from an earlier attempt)", job_id, len(tasks), len(done))
 
     async def _run_cut(self, lease: jobs.Lease, task: CutTask) -> dict:
@@ -351,3 +355,8 @@ class JobRunner:
         logger.warning("job %s: its lease was lost before %s; the write was refused", lease.job_id,
                        operation.__name__)
         return False
+
+    async def _forget_swatch(self, job_id: str, tasks: list[CutTask]) -> None:
+        """The job is done (its final write landed): its own swatch copy is no longer needed."""
+        if self.storage is not None and tasks:
+            await self._in(self._db_threads, forget_swatch, self.storage, job_id, tasks[0].swatch_key)

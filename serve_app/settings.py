@@ -10,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serve_app.ratelimit import parse_limits
@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     max_pending_jobs: int = Field(default=1000, ge=1, description="backlog above which POST /generate answers 429")
     idempotency_ttl_hours: float = Field(default=24, gt=0, description="an Idempotency-Key replays its job this long")
     shutdown_grace_seconds: float = Field(default=15.0, ge=0, description="runner: finish jobs in hand, then release")
+    stage_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="bound on each stage call (preprocess, generate, finish) of a cut attempt; "
+        "covers a replica that is still loading its weights. A timeout fails the attempt, which is retried")
+    fault_stall_file: str | None = Field(
+        default=None, description="fault injection for tests, refused in production: while this file exists, "
+        "every generator model call hangs, as a stuck CUDA call would")
+
+    @model_validator(mode="after")
+    def _no_fault_injection_in_production(self) -> Settings:
+        if self.environment == "production" and self.fault_stall_file:
+            raise ValueError("SASTRE_FAULT_STALL_FILE is a test-only fault injection; it is refused in production")
+        return self
 
     ingress_threads: int = Field(default=16, ge=1, le=256, description="threads an ingress replica runs route code "
                                  "on; its database pool holds exactly as many connections")

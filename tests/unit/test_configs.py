@@ -52,3 +52,9 @@ def test_local_serve_config_is_loopback_cpu_only_and_auto():
     deployments = _deployments(config)
     assert sum(d.ray_actor_options.num_cpus for d in deployments.values()) <= 1.0  # fits a 2-core laptop
     assert all(not d.ray_actor_options.num_gpus for d in deployments.values())
+
+
+def test_fault_injection_is_refused_in_production(tmp_path):
+    Settings(fault_stall_file=str(tmp_path / "stall"))  # fine in a local run (tests)
+    with pytest.raises(ValueError, match="refused in production"):
+        Settings(environment="production", fault_stall_file=str(tmp_path / "stall"))

@@ -35,7 +35,7 @@ def runner(sessions, database_url, tmp_path, model):
         sync_catalog(s, catalog)
     storage = LocalStorage(tmp_path, "http://127.0.0.1:8000/media")
     put_catalog_swatches(storage, catalog)
-    renderer = LocalCutRenderer(ControlMapper(), model, Finisher(storage), storage, "canny", 64)
+    renderer = LocalCutRenderer(ControlMapper(), model, Finisher(storage), storage, "canny", 64, stage_timeout_s=60)
     return JobRunner(sessions, database_url, catalog, renderer, concurrency=2, lease_seconds=10, poll_seconds=0.2), storage
 
 

@@ -11,7 +11,9 @@ import json
 import httpx
 import pytest
 
-from deployments.storage import UPLOAD_PREFIX, LocalStorage, S3Storage, StorageError
+from deployments.storage import UPLOAD_PREFIX, LocalStorage, ObjectMissing, S3Storage, StorageError, StorageUnavailable
+from serve_app.launcher import free_port
+from tests.storage_faults import FaultProxy
 
 
 def _s3(s3_server, public: bool) -> S3Storage:
@@ -52,6 +54,46 @@ def test_put_get_exists_and_age(storage):
 def test_missing_object_raises_storage_error(storage):
     with pytest.raises(StorageError):
         storage.get("temp-uploads/nothing.png")
+
+
+def test_a_missing_object_is_object_missing(storage):
+    """The one failure that means "gone": a swatch read falls back on it instead of retrying."""
+    with pytest.raises(ObjectMissing):
+        storage.get("temp-uploads/nothing.png")
+
+
+@pytest.mark.parametrize("fault", ["connection refused", "503"])
+def test_a_store_that_does_not_answer_is_unavailable_not_missing(s3_server, fault):
+    bucket = s3_server.new_bucket()
+    if fault == "connection refused":
+        endpoint, proxy = f"http://127.0.0.1:{free_port()}", None
+    else:
+        proxy = FaultProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1]))
+        proxy.set_mode("fail-reads")
+        endpoint = proxy.endpoint_url
+    storage = S3Storage(bucket, endpoint_url=endpoint, region="us-east-1", access_key_id="testing",
+                        secret_access_key="testing")
+    try:
+        with pytest.raises(StorageUnavailable) as raised:
+            storage.get("temp-uploads/x.png")
+    finally:
+        if proxy:
+            proxy.close()
+    assert not isinstance(raised.value, ObjectMissing)
+
+
+def test_copy_keeps_the_bytes_under_a_new_key_and_delete_removes_it(storage):
+    storage.put(UPLOAD_PREFIX + "s.png", b"swatch", "image/png")
+    storage.copy(UPLOAD_PREFIX + "s.png", "jobs/j1/swatch.png")
+    assert storage.get("jobs/j1/swatch.png") == b"swatch"
+    if isinstance(storage, S3Storage):
+        head = storage.client.head_object(Bucket=storage.bucket, Key="jobs/j1/swatch.png")
+        assert head["ContentType"] == "image/png"
+    with pytest.raises(ObjectMissing):
+        storage.copy(UPLOAD_PREFIX + "gone.png", "jobs/j2/swatch.png")
+    storage.delete("jobs/j1/swatch.png")
+    storage.delete("jobs/j1/swatch.png")  # deleting what is gone is not an error
+    assert not storage.exists("jobs/j1/swatch.png") and storage.exists(UPLOAD_PREFIX + "s.png")
 
 
 @pytest.mark.parametrize("key", ["../x", "a/../b", "/abs", "a//b", ""])
