@@ -94,6 +94,16 @@ async def _until(sessions, job_id: str, done, timeout: float):
     raise AssertionError(f"timed out; the job is {job.status}: {job.cut_progress}")
 
 
+async def _run_until_finished(runner, sessions, job_id: str):
+    """Run the runner until the job has finished (or 60 s have passed), then stop it."""
+    task = asyncio.create_task(runner.run_forever())
+    try:
+        return await _until(sessions, job_id, _finished, 60)
+    finally:
+        runner.stop()
+        await task
+
+
 def _finished(job) -> bool:
     return job.status in ("completed", "failed")
 
@@ -124,15 +134,7 @@ def test_a_swatch_read_while_the_store_is_down_is_retried_not_degraded(sessions,
     runner = _runner(sessions, database_url, model, swatches, direct)
     job_id = _create(sessions)
 
-    async def go():
-        task = asyncio.create_task(runner.run_forever())
-        try:
-            return await _until(sessions, job_id, _finished, 60)
-        finally:
-            runner.stop()
-            await task
-
-    job = asyncio.run(go())
+    job = asyncio.run(_run_until_finished(runner, sessions, job_id))
     assert swatches.outages == 1
     assert job.status == "completed", job.error_message
     assert job.cut_progress["recto"]["ip_adapter_fallback"] is False  # rendered from the swatch, not without it
@@ -145,15 +147,7 @@ def test_a_deleted_swatch_falls_back_and_is_flagged(sessions, database_url, mode
     runner = _runner(sessions, database_url, model, via_proxy, direct)
     job_id = _create(sessions)
 
-    async def go():
-        task = asyncio.create_task(runner.run_forever())
-        try:
-            return await _until(sessions, job_id, _finished, 60)
-        finally:
-            runner.stop()
-            await task
-
-    job = asyncio.run(go())
+    job = asyncio.run(_run_until_finished(runner, sessions, job_id))
     assert job.status == "completed"
     assert job.cut_progress["recto"]["ip_adapter_fallback"] is True
     assert job.cut_progress["recto"]["attempt"] == 1  # a missing swatch is not retried
