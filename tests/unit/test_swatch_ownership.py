@@ -10,7 +10,6 @@ import asyncio
 import time
 from datetime import timedelta
 
-import httpx
 import pytest
 
 from catalog.data import load_catalog
@@ -26,7 +25,7 @@ from serve_app.bootstrap import put_catalog_swatches
 from serve_app.renderers import LocalCutRenderer
 from serve_app.runner import JobRunner
 from serve_app.settings import Settings
-from serve_app.web import create_app
+from tests.unit.test_api import call
 from tests.upload_files import image_bytes
 
 TTL_SECONDS = 1.0
@@ -53,14 +52,6 @@ def service(sessions, database_url, tmp_path, model):
     runner = JobRunner(sessions, database_url, catalog, renderer, concurrency=2, lease_seconds=10, poll_seconds=0.2,
                        storage=storage, upload_ttl_seconds=settings.upload_ttl_hours * 3600, cut_attempts=1)
     return services, runner, storage, token
-
-
-def call(services: Services, method: str, path: str, **kwargs) -> httpx.Response:
-    async def go():
-        transport = httpx.ASGITransport(app=create_app(services), raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return await client.request(method, path, **kwargs)
-    return asyncio.run(go())
 
 
 def _run(runner: JobRunner, sessions, job_id: str, timeout: float = 60):
