@@ -10,7 +10,7 @@ import uvicorn
 
 from catalog.data import load_catalog
 from deployments.storage import open_storage
-from serve_app.api import Services
+from serve_app.deps import Services
 from serve_app.bootstrap import resolve_jwt_secret
 from serve_app.web import create_app, ingress_sessions
 from serve_app.settings import Settings

@@ -10,7 +10,7 @@ from catalog.swatches import render_swatch, swatch_key
 from db.engine import embedded_database_url, make_engine, make_sessionmaker
 from db.migrate import upgrade
 from deployments.storage import S3Storage, Storage, open_storage
-from serve_app.auth import MIN_PRODUCTION_SECRET_BYTES, local_secret
+from serve_app.admin.auth.service import MIN_PRODUCTION_SECRET_BYTES, local_secret
 from serve_app.settings import Settings
 
 logger = logging.getLogger("sastre.bootstrap")

@@ -88,7 +88,7 @@ def create_admin(settings: Settings, username: str, from_stdin: bool) -> None:
     import getpass
 
     from db.engine import make_engine, make_sessionmaker
-    from serve_app.auth import create_user
+    from serve_app.admin.auth.service import create_user
 
     password = sys.stdin.readline().rstrip("\n") if from_stdin else getpass.getpass(f"password for {username}: ")
     if not from_stdin and getpass.getpass("again: ") != password:

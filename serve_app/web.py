@@ -1,28 +1,29 @@
-"""The FastAPI application: public and admin routes, error handlers, CORS.
+"""The FastAPI application, assembled from the feature slices' routers.
 
 One factory for every process that serves HTTP: an Ingress replica, or plain uvicorn in benchmarks.
 """
 
 from __future__ import annotations
 
-import logging
-
 from anyio import to_thread
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from psycopg.errors import QueryCanceled
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from db.engine import make_engine, make_sessionmaker
-from serve_app import admin_api, api
-from serve_app.api import Services
+from serve_app.admin.auth import routes as admin_auth
+from serve_app.admin.fabrics import routes as admin_fabrics
+from serve_app.admin.generations import routes as admin_generations
+from serve_app.catalog import routes as catalog
+from serve_app.deps import Services
+from serve_app.errors import add_error_handlers
+from serve_app.generation import routes as generation
+from serve_app.health import routes as health
 from serve_app.settings import Settings
+from serve_app.uploads import routes as uploads
 
-logger = logging.getLogger("sastre.api")
+FEATURES = (catalog, generation, uploads, health, admin_auth, admin_fabrics, admin_generations)
 
 
 def create_app(services: Services) -> FastAPI:
@@ -34,13 +35,9 @@ def create_app(services: Services) -> FastAPI:
                     "from POST /admin/login.",
     )
     app.state.services = services
-    app.include_router(api.router)
-    app.include_router(admin_api.login_router)
-    app.include_router(admin_api.router)
-    app.add_exception_handler(OperationalError, database_unavailable)
-    app.add_exception_handler(InterfaceError, database_unavailable)
-    app.add_exception_handler(PoolTimeout, database_busy)
-    app.add_exception_handler(Exception, internal_error)
+    for feature in FEATURES:
+        app.include_router(feature.router)
+    add_error_handlers(app)
     app.add_middleware(RouteThreads, threads=services.settings.ingress_threads)
     app.add_middleware(
         CORSMiddleware, allow_origins=services.settings.cors_origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
@@ -75,23 +72,3 @@ def ingress_sessions(settings: Settings, database_url: str) -> sessionmaker[Sess
         database_url, pool_size=settings.ingress_threads, max_overflow=0, pool_timeout=settings.db_pool_timeout_seconds,
         statement_timeout=settings.db_statement_timeout_seconds,
     ))
-
-
-async def database_unavailable(request: Request, exc: DBAPIError) -> JSONResponse:
-    """A lost database is the client's cue to retry, not a 500 with a traceback."""
-    if isinstance(exc.orig, QueryCanceled):
-        return await database_busy(request, exc)
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
-    return JSONResponse({"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "2"})
-
-
-async def database_busy(request: Request, exc: Exception) -> JSONResponse:
-    """No pooled connection in time, or a statement past its timeout: overload, so retry a little later."""
-    logger.warning("database busy on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
-    return JSONResponse({"detail": "service busy, retry shortly"}, status_code=503, headers={"Retry-After": "2"})
-
-
-async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """Anything unexpected: logged with its traceback here, a plain JSON 500 for the client."""
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse({"detail": "internal error"}, status_code=500)

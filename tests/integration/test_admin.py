@@ -14,7 +14,7 @@ from sqlalchemy import delete, select, text
 
 from db.engine import make_sessionmaker
 from db.models import AdminLoginFailure, AdminUser, Color, FabricFamily
-from serve_app.auth import create_user
+from serve_app.admin.auth.service import create_user
 from tests.integration.test_service import NAVY, _wait
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from db.engine import make_sessionmaker
-from serve_app.auth import create_user
+from serve_app.admin.auth.service import create_user
 from tests.integration.test_service import NAVY, _wait
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from catalog.data import load_catalog
 from db.models import AdminLoginFailure
 from deployments.storage import LocalStorage
-from serve_app.api import Services
-from serve_app.auth import create_user
+from serve_app.deps import Services
+from serve_app.admin.auth.service import create_user
 from serve_app.settings import Settings
 from serve_app.web import create_app
 

@@ -13,7 +13,7 @@ from catalog.loader import sync_catalog
 from db import jobs
 from db.engine import make_engine, make_sessionmaker
 from deployments.storage import LocalStorage
-from serve_app.api import Services
+from serve_app.deps import Services
 from serve_app.web import create_app
 from serve_app.backpressure import BacklogGate
 from serve_app.bootstrap import put_catalog_swatches
@@ -126,7 +126,7 @@ SECRET = "unit-test-signing-key-of-at-least-32-bytes"
 def admin_token(sessions) -> str:
     from datetime import timedelta
 
-    from serve_app.auth import create_user, issue_token
+    from serve_app.admin.auth.service import create_user, issue_token
 
     with sessions.begin() as s:
         user = create_user(s, "unit-admin", "correct horse battery staple")

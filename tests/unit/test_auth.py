@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from db.models import AdminLoginFailure, AdminUser
 from serve_app import cli
-from serve_app.auth import (
+from serve_app.admin.auth.service import (
     AuthError,
     authenticate,
     create_user,

@@ -18,8 +18,8 @@ from sqlalchemy.orm import sessionmaker
 from catalog.data import load_catalog
 from catalog.loader import sync_catalog
 from deployments.storage import LocalStorage
-from serve_app.api import Services
-from serve_app.auth import create_user, issue_token
+from serve_app.deps import Services
+from serve_app.admin.auth.service import create_user, issue_token
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.settings import Settings
 from serve_app.web import create_app

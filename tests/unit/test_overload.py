@@ -20,7 +20,7 @@ from catalog.data import load_catalog
 from catalog.loader import sync_catalog
 from db.engine import make_sessionmaker, sqlalchemy_url
 from deployments.storage import LocalStorage
-from serve_app.api import Services
+from serve_app.deps import Services
 from serve_app.launcher import free_port
 from serve_app.settings import Settings
 from serve_app.web import create_app

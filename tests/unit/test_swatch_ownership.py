@@ -19,8 +19,8 @@ from deployments.finishing import Finisher
 from deployments.generation import SdxlTurboModel
 from deployments.preprocessing import ControlMapper
 from deployments.storage import LocalStorage
-from serve_app.api import Services
-from serve_app.auth import create_user, issue_token
+from serve_app.deps import Services
+from serve_app.admin.auth.service import create_user, issue_token
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.renderers import LocalCutRenderer
 from serve_app.runner import JobRunner

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI, HTTPException, Request
 from PIL import Image
 
-from serve_app.uploads import read_file_field, sanitize_image
+from serve_app.uploads.service import read_file_field, sanitize_image
 from tests.upload_files import (
     SVG,
     image_bytes,

@@ -1,5 +1,5 @@
-"""Customer swatch uploads: read the multipart body as a stream under a size cap, then decide by
-decoding whether it is an image we take, and store only a re-encoded, metadata-free copy.
+"""Swatch uploads: read the multipart body as a stream under a size cap, then decide by decoding
+whether it is an image we take, and store only a re-encoded, metadata-free copy.
 
 Nothing the client declares (content type, file name) is trusted; nothing is stored until the image
 has been fully decoded and re-encoded.
@@ -8,13 +8,22 @@ has been fully decoded and re-encoded.
 from __future__ import annotations
 
 import io
+import logging
+import uuid
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from fastapi import HTTPException, Request
 from PIL import Image, ImageOps, UnidentifiedImageError
 from python_multipart.multipart import parse_options_header
 from starlette.types import Message, Receive
+
+from deployments.storage import UPLOAD_PREFIX, Storage, StorageError
+from serve_app.settings import Settings
+from serve_app.uploads.schemas import UploadOut
+
+logger = logging.getLogger("sastre.api")
 
 MULTIPART_OVERHEAD = 16 * 1024  # boundaries, part headers and the few small fields around the file
 MAX_FILES = 1  # the image
@@ -137,3 +146,14 @@ def sanitize_image(data: bytes, max_pixels: int) -> CleanImage:
     buffer = io.BytesIO()
     clean.save(buffer, **save)
     return CleanImage(buffer.getvalue(), extension, content_type, *clean.size)
+
+
+def store_upload(storage: Storage, settings: Settings, image: CleanImage) -> UploadOut:
+    """Keep a clean image under `temp-uploads/` (it expires after `upload_ttl_hours`)."""
+    key = f"{UPLOAD_PREFIX}{uuid.uuid4()}.{image.extension}"
+    try:
+        url = storage.put(key, image.data, image.content_type)
+    except StorageError:
+        logger.exception("storing upload %s failed", key)
+        raise HTTPException(503, "storage unavailable, retry shortly") from None
+    return UploadOut(swatch_url=url, expires_at=datetime.now(timezone.utc) + timedelta(hours=settings.upload_ttl_hours))

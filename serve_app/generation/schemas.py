@@ -1,38 +1,10 @@
-"""Request and response bodies of the public API (field names kept from the original backend)."""
+"""Bodies of job creation and job status (field names kept from the original backend)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from pydantic import BaseModel, Field, field_validator
-
-
-class ErrorBody(BaseModel):
-    detail: str | list = Field(description="what was wrong, readable by a person")
-
-
-class ColorOut(BaseModel):
-    color_id: str
-    name: str
-    hex_value: str
-    swatch_code: str | None
-    swatch_url: str | None
-
-
-class FamilyOut(BaseModel):
-    family_id: str
-    display_name: str
-    colors: list[ColorOut]
-
-
-class CutOut(BaseModel):
-    cut_id: str
-    display_name: str
-
-
-class CatalogOut(BaseModel):
-    families: list[FamilyOut]
-    cuts: list[CutOut]
 
 
 class GenerateRequest(BaseModel):
@@ -51,11 +23,6 @@ class GenerateRequest(BaseModel):
         if repeated:
             raise ValueError(f"repeated cuts: {', '.join(repeated)}")
         return cuts
-
-
-class UploadOut(BaseModel):
-    swatch_url: str = Field(description="pass it as swatch_url to POST /generate")
-    expires_at: datetime = Field(description="the upload is deleted after this time")
 
 
 class GenerateAccepted(BaseModel):

@@ -1,4 +1,4 @@
-"""Bodies of the admin API (catalog management and generation history)."""
+"""Bodies of catalog management: fabric families and their colors."""
 
 from __future__ import annotations
 
@@ -7,17 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.schemas import JobOut
-
 Identifier = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="lowercase letters, digits and dashes")
 Status = Literal["active", "inactive"]
 Hex = Field(pattern=r"^#[0-9A-Fa-f]{6}$", examples=["#1F2A44"])
-
-
-class TokenOut(BaseModel):
-    access_token: str
-    token_type: Literal["bearer"] = "bearer"
-    expires_in: int = Field(description="seconds")
 
 
 class ColorIn(BaseModel):
@@ -72,16 +64,3 @@ class FamilyAdminOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     colors: list[ColorAdminOut]
-
-
-class AdminJobOut(JobOut):
-    max_attempts: int
-    lease_owner: str | None
-    lease_expires_at: datetime | None
-    idempotency_key: str | None
-    cancel_requested: bool
-
-
-class GenerationPage(BaseModel):
-    items: list[AdminJobOut]
-    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page; null at the end")

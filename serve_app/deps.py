@@ -1,0 +1,63 @@
+"""The route dependencies: the service's parts (`Services`) and the signed-in admin.
+
+Routes reach everything through these, so the same app runs under Ray Serve (an Ingress replica builds
+`Services`) or plain uvicorn (benchmarks and unit tests build it themselves).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Awaitable, Callable
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from catalog.data import CatalogData
+from db.models import AdminUser
+from deployments.storage import Storage
+from serve_app.admin.auth.service import AuthError, user_for_token
+from serve_app.backpressure import BacklogGate
+from serve_app.ratelimit import RateLimits
+from serve_app.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    storage: Storage
+    catalog: CatalogData
+    # name -> coroutine returning a description of that deployment's health (raises when unhealthy)
+    deployment_checks: dict[str, Callable[[], Awaitable[dict]]] = field(default_factory=dict)
+    backlog: BacklogGate | None = None
+    jwt_secret: str | None = None  # admin routes answer 401 to everything without one
+    rate_limits: RateLimits | None = None
+
+    def __post_init__(self) -> None:
+        if self.backlog is None:
+            self.backlog = BacklogGate(self.settings.max_pending_jobs)
+        if self.rate_limits is None:
+            settings = self.settings
+            self.rate_limits = RateLimits({"generate": settings.rate_limit_generate, "upload": settings.rate_limit_upload},
+                                          settings.rate_limit_storage, settings.trusted_proxies)
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+oauth2 = OAuth2PasswordBearer(tokenUrl="/admin/login")
+UNAUTHORIZED = HTTPException(401, "invalid or expired credentials", headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_admin(token: Annotated[str, Depends(oauth2)], services: ServicesDep) -> AdminUser:
+    """The admin a bearer token names: a missing, malformed, expired or foreign token, or the token of a
+    deleted or deactivated user, is a 401 before the route does any work."""
+    with services.sessions() as session:
+        try:
+            return user_for_token(session, token, services.jwt_secret)
+        except AuthError:
+            raise UNAUTHORIZED from None

@@ -1,0 +1,48 @@
+"""The job routes: create a job, read it (the hottest route: every front end polls it), cancel it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, status
+from fastapi.responses import JSONResponse
+
+from serve_app.deps import ServicesDep
+from serve_app.errors import ErrorBody, error_responses
+from serve_app.generation.schemas import GenerateAccepted, GenerateRequest, JobOut
+from serve_app.generation.service import accept_job, cancel, find_job, job_out
+from serve_app.ratelimit import rate_limited
+from serve_app.routing import StorableTextRoute
+
+router = APIRouter(tags=["jobs"], route_class=StorableTextRoute)
+
+
+@router.post("/generate", status_code=status.HTTP_202_ACCEPTED, response_model=GenerateAccepted,
+             responses={**error_responses(409, 422, 503),
+                        429: {"model": ErrorBody, "description": "backlog full, or this client's rate limit is "
+                                                                 "spent; retry after `Retry-After` seconds"}},
+             dependencies=[rate_limited("generate")])
+def create_generation(
+    body: GenerateRequest,
+    services: ServicesDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255, description="retries with the same key and "
+                                                  "body return the same job for 24 hours")] = None,
+):
+    """Validate against the catalog and queue one job; returns at once with the job id to poll."""
+    return accept_job(services, body, idempotency_key)
+
+
+@router.get("/jobs/{job_id}", responses={200: {"model": JobOut}, **error_responses(404, 503)})
+def get_job(job_id: str, services: ServicesDep) -> JSONResponse:
+    """One job by its id: status, per-cut progress, seeds and, once completed, one URL per cut in order.
+
+    One indexed lookup, serialized once.
+    """
+    return JSONResponse(job_out(find_job(services, job_id), services.storage).model_dump(mode="json"))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(404, 409, 503))
+def cancel_job(job_id: str, services: ServicesDep) -> JobOut:
+    """Cancel a job: a pending one at once; a processing one stops at its next cut boundary
+    (the response then still says `processing`, poll for `canceled`); a finished one answers 409."""
+    return job_out(cancel(services, job_id), services.storage)

@@ -1,0 +1,164 @@
+"""Accepting, presenting and canceling jobs: everything the job routes do besides HTTP.
+
+A job is accepted in one transaction (idempotency key, backlog gate, catalog check, the job's own
+swatch copy, the INSERT): it either exists afterwards with everything it needs, or nothing was written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+
+from catalog.loader import color_swatch_key
+from db import jobs
+from db.catalog import find_active_color
+from db.models import GenerationJob
+from deployments.storage import UPLOAD_PREFIX, ObjectMissing, Storage, StorageError
+from serve_app.deps import Services
+from serve_app.generation.schemas import CutProgress, GenerateAccepted, GenerateRequest, JobOut
+from serve_app.job_inputs import forget_swatch, own_swatch
+
+logger = logging.getLogger("sastre.api")
+
+
+def fingerprint(body: GenerateRequest) -> str:
+    """The whole request as it decides the result: every field of the body (cuts in their order, seed,
+    swatch_url, family, color), so a reused key with any change is a 409, never a stale replay."""
+    return hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def accept_job(services: Services, body: GenerateRequest, idempotency_key: str | None) -> GenerateAccepted | JSONResponse:
+    """Queue one job for `body`, or answer a repeated Idempotency-Key with the job it made."""
+    unknown = [cut for cut in body.cuts if services.catalog.cut(cut) is None]
+    if unknown:
+        known = ", ".join(c.cut_id for c in services.catalog.cuts)
+        raise HTTPException(422, f"unknown cut(s): {', '.join(unknown)}; known cuts: {known}")
+    request_hash = fingerprint(body)
+    try:
+        return _create(services, body, idempotency_key, request_hash)
+    except IntegrityError:
+        # A concurrent request with the same key won the race; answer as its replay.
+        with services.sessions() as session:
+            job = jobs.find_by_idempotency_key(session, idempotency_key)
+        if job is None:
+            raise
+        return _replay(job, request_hash)
+
+
+def _replay(job: GenerationJob, request_hash: str) -> JSONResponse:
+    """The answer to a repeated Idempotency-Key: the same job, or 409 if the body differs."""
+    if job.request_hash != request_hash:
+        raise HTTPException(409, "this Idempotency-Key was already used with a different request body")
+    accepted = GenerateAccepted(job_id=job.job_id, status=job.status, seed=job.seed, status_url=f"/jobs/{job.job_id}")
+    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Idempotent-Replayed": "true"})
+
+
+def _create(services: Services, body: GenerateRequest, idempotency_key: str | None,
+            request_hash: str) -> GenerateAccepted | JSONResponse:
+    with services.sessions.begin() as session:
+        if idempotency_key:
+            jobs.free_expired_idempotency_key(session, idempotency_key, services.settings.idempotency_ttl_hours * 3600)
+            existing = jobs.find_by_idempotency_key(session, idempotency_key)
+            if existing is not None:
+                return _replay(existing, request_hash)
+        if services.backlog.is_full(session):
+            raise HTTPException(429, "too many jobs waiting; retry shortly", headers={"Retry-After": "5"})
+        family, color = find_active_color(session, body.family_id, body.color_id)
+        if family is None:
+            raise HTTPException(422, f"unknown or inactive fabric family: {body.family_id}")
+        if color is None:
+            raise HTTPException(422, f"unknown or inactive color {body.color_id} in family {body.family_id}")
+        if body.swatch_url:
+            swatch_key = resolve_swatch(services, body.swatch_url, family.collection)
+        elif color.swatch_url:
+            swatch_key = services.storage.key_for_url(color.swatch_url)
+        else:
+            swatch_key = color_swatch_key(family, color)
+        seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
+        job_id = str(uuid.uuid4())
+        swatch_key = _own_swatch(services, swatch_key, job_id)
+        try:
+            job = jobs.create_job(
+                session, job_id=job_id, family_id=family.family_id, color_id=color.color_id, cuts=body.cuts,
+                seed=seed, swatch_url=body.swatch_url, swatch_key=swatch_key,
+                max_attempts=services.settings.job_max_attempts, idempotency_key=idempotency_key,
+                request_hash=request_hash if idempotency_key else None,
+            )
+        except BaseException:
+            forget_swatch(services.storage, job_id, swatch_key)  # nothing half-written stays behind
+            raise
+    return GenerateAccepted(job_id=job.job_id, status=job.status, seed=seed, status_url=f"/jobs/{job.job_id}")
+
+
+def resolve_swatch(services: Services, url: str, collection: str | None) -> str:
+    """Map a client's swatch_url back to a key of ours, or refuse it. Nothing is ever fetched."""
+    key = services.storage.key_for_url(url)
+    allowed = key is not None and (key.startswith(UPLOAD_PREFIX) or (collection and key.startswith(collection + "/")))
+    if not allowed:
+        raise HTTPException(422, "swatch_url must be a swatch URL issued by this service (an upload or a catalog swatch)")
+    modified = services.storage.modified_at(key)
+    if modified is None:
+        raise HTTPException(422, "swatch_url refers to a swatch that does not exist or has expired")
+    ttl = timedelta(hours=services.settings.upload_ttl_hours)
+    if key.startswith(UPLOAD_PREFIX) and modified + ttl < datetime.now(timezone.utc):
+        raise HTTPException(422, "swatch_url refers to an upload that has expired: upload the swatch again")
+    return key
+
+
+def _own_swatch(services: Services, key: str | None, job_id: str) -> str | None:
+    try:
+        return own_swatch(services.storage, key, job_id)
+    except ObjectMissing:
+        raise HTTPException(422, "swatch_url refers to a swatch that does not exist or has expired") from None
+    except StorageError:
+        logger.exception("copying swatch %s for job %s failed", key, job_id)
+        raise HTTPException(503, "storage unavailable, retry shortly", headers={"Retry-After": "5"}) from None
+
+
+def job_out(job: GenerationJob, storage: Storage) -> JobOut:
+    """The API view of a row. URLs are made from the stored keys at read time, so presigned URLs are fresh."""
+    seeds = [job.seed + index for index in range(len(job.cuts))] if job.seed is not None else []
+    progress = []
+    for index, cut in enumerate(job.cuts):
+        entry = job.cut_progress.get(cut, {})
+        url = storage.url_for(entry["key"]) if entry.get("key") else entry.get("url")
+        progress.append(CutProgress(cut=cut, status=entry.get("status", "pending"),
+                                    seed=entry.get("seed", seeds[index] if seeds else 0), url=url,
+                                    ip_adapter_fallback=entry.get("ip_adapter_fallback")))
+    result_urls = [p.url for p in progress] if job.status == "completed" and all(p.url for p in progress) else job.result_urls
+    return JobOut(
+        job_id=job.job_id, status=job.status, family_id=job.family_id, color_id=job.color_id, cuts=job.cuts,
+        seed=job.seed, seeds=seeds, swatch_url=job.swatch_url, result_urls=result_urls, progress=progress,
+        error_message=job.error_message, attempts=job.attempts, created_at=job.created_at,
+        updated_at=job.updated_at, started_at=job.started_at, completed_at=job.completed_at,
+    )
+
+
+def find_job(services: Services, job_id: str) -> GenerationJob:
+    with services.sessions() as session:
+        job = jobs.get_job(session, job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+def cancel(services: Services, job_id: str) -> GenerationJob:
+    """Cancel a pending job at once, or flag a processing one; a finished job is a 409."""
+    with services.sessions.begin() as session:
+        outcome = jobs.request_cancel(session, job_id)
+    if outcome is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    job = find_job(services, job_id)
+    if outcome == "final":
+        raise HTTPException(409, f"job {job_id} is already {job.status}")
+    if outcome == "canceled":
+        forget_swatch(services.storage, job_id, job.swatch_key)
+    return job
