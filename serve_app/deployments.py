@@ -13,8 +13,8 @@ from db.engine import make_engine, make_sessionmaker
 from deployments.storage import open_storage
 from fastapi import FastAPI
 
-from serve_app.deps import Services
-from serve_app.web import create_app, ingress_sessions
+from serve_app.deps import Services, ingress_sessions
+from serve_app.web import create_app
 from serve_app.renderers import ServeCutRenderer
 from serve_app.runner import JobRunner, database_connections
 from serve_app.settings import Settings

@@ -14,6 +14,7 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
+from db.engine import make_engine, make_sessionmaker
 from db.models import AdminUser
 from deployments.storage import Storage
 from serve_app.admin.auth.service import AuthError, user_for_token
@@ -41,6 +42,15 @@ class Services:
             settings = self.settings
             self.rate_limits = RateLimits({"generate": settings.rate_limit_generate, "upload": settings.rate_limit_upload},
                                           settings.rate_limit_storage, settings.trusted_proxies)
+
+
+def ingress_sessions(settings: Settings, database_url: str) -> sessionmaker[Session]:
+    """Sessions for one HTTP process: a connection for each route thread (`ingress_threads`), so no
+    request waits for one; each statement bounded by `db_statement_timeout_seconds`."""
+    return make_sessionmaker(make_engine(
+        database_url, pool_size=settings.ingress_threads, max_overflow=0, pool_timeout=settings.db_pool_timeout_seconds,
+        statement_timeout=settings.db_statement_timeout_seconds,
+    ))
 
 
 def get_services(request: Request) -> Services:

@@ -35,12 +35,14 @@ from db.catalog import find_family_and_color
 from db.models import GenerationJob
 from deployments.storage import UPLOAD_PREFIX, Storage
 from serve_app.job_inputs import forget_swatch
+from serve_app.settings import Settings
 
 logger = logging.getLogger("sastre.runner")
 
 SWEEP_INTERVAL_SECONDS = 600
 DB_ATTEMPTS = 10  # backoff 0.2 s doubling to 5 s: about 30 s in all
 LOOP_DB_THREADS = 4  # database threads for the loop's own calls, besides one per job in hand
+DEFAULTS = Settings.model_fields  # the runner's defaults are the service's, written once in Settings
 
 
 def database_connections(concurrency: int) -> int:
@@ -95,13 +97,13 @@ class JobRunner:
         catalog: CatalogData,
         renderer: CutRenderer,
         *,
-        concurrency: int = 16,
-        lease_seconds: float = 30.0,
-        poll_seconds: float = 2.0,
+        concurrency: int = DEFAULTS["runner_concurrency"].default,
+        lease_seconds: float = DEFAULTS["lease_seconds"].default,
+        poll_seconds: float = DEFAULTS["poll_seconds"].default,
         storage: Storage | None = None,
-        upload_ttl_seconds: float = 24 * 3600,
-        cut_attempts: int = 3,
-        cut_retry_seconds: float = 1.0,
+        upload_ttl_seconds: float = DEFAULTS["upload_ttl_hours"].default * 3600,
+        cut_attempts: int = DEFAULTS["cut_attempts"].default,
+        cut_retry_seconds: float = DEFAULTS["cut_retry_seconds"].default,
     ) -> None:
         self.sessions = sessions
         self.database_url = libpq_url(database_url)

@@ -8,10 +8,8 @@ from __future__ import annotations
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from db.engine import make_engine, make_sessionmaker
 from serve_app.admin.auth import routes as admin_auth
 from serve_app.admin.fabrics import routes as admin_fabrics
 from serve_app.admin.generations import routes as admin_generations
@@ -20,7 +18,6 @@ from serve_app.deps import Services
 from serve_app.errors import add_error_handlers
 from serve_app.generation import routes as generation
 from serve_app.health import routes as health
-from serve_app.settings import Settings
 from serve_app.uploads import routes as uploads
 
 FEATURES = (catalog, generation, uploads, health, admin_auth, admin_fabrics, admin_generations)
@@ -63,12 +60,3 @@ class RouteThreads:
         if limiter.total_tokens != self.threads:
             limiter.total_tokens = self.threads
         await self.app(scope, receive, send)
-
-
-def ingress_sessions(settings: Settings, database_url: str) -> sessionmaker[Session]:
-    """Sessions for one HTTP process: a connection for each route thread (`ingress_threads`), so no
-    request waits for one; each statement bounded by `db_statement_timeout_seconds`."""
-    return make_sessionmaker(make_engine(
-        database_url, pool_size=settings.ingress_threads, max_overflow=0, pool_timeout=settings.db_pool_timeout_seconds,
-        statement_timeout=settings.db_statement_timeout_seconds,
-    ))

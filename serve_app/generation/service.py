@@ -133,7 +133,7 @@ def job_out(job: GenerationJob, storage: Storage) -> JobOut:
         progress.append(CutProgress(cut=cut, status=entry.get("status", "pending"),
                                     seed=entry.get("seed", seeds[index] if seeds else 0), url=url,
                                     ip_adapter_fallback=entry.get("ip_adapter_fallback")))
-    result_urls = [p.url for p in progress] if job.status == "completed" and all(p.url for p in progress) else job.result_urls
+    result_urls = [p.url for p in progress] if job.status == "completed" else None
     return JobOut(
         job_id=job.job_id, status=job.status, family_id=job.family_id, color_id=job.color_id, cuts=job.cuts,
         seed=job.seed, seeds=seeds, swatch_url=job.swatch_url, result_urls=result_urls, progress=progress,

@@ -104,7 +104,7 @@ def test_300_clients_on_a_pool_smaller_than_the_threads_get_no_500(sessions, dat
 
 
 def test_300_clients_on_the_sized_pool_while_a_lock_outlasts_the_statement_timeout(sessions, database_url, tmp_path):
-    from serve_app.web import ingress_sessions
+    from serve_app.deps import ingress_sessions
 
     settings = Settings(ingress_threads=8, db_statement_timeout_seconds=0.5, db_pool_timeout_seconds=5)
     pooled = ingress_sessions(settings, database_url)
