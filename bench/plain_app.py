@@ -10,11 +10,10 @@ import uvicorn
 
 from catalog.data import load_catalog
 from deployments.storage import open_storage
-from serve_app.deps import Services
 from serve_app.bootstrap import resolve_jwt_secret
-from serve_app.deps import ingress_sessions
-from serve_app.web import create_app
+from serve_app.deps import Services, ingress_sessions
 from serve_app.settings import Settings
+from serve_app.web import create_app
 
 if __name__ == "__main__":
     settings = Settings()
