@@ -37,6 +37,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(api.router)
     app.include_router(admin_api.login_router)
     app.include_router(admin_api.router)
+    __import__("serve_app.client", fromlist=["mount_client"]).mount_client(app)
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(InterfaceError, database_unavailable)
     app.add_exception_handler(PoolTimeout, database_busy)
