@@ -52,9 +52,24 @@ def test_the_page_says_plainly_that_images_are_not_real_renders(visit, service):
     assert all(s["loaded"] for s in swatches), swatches  # the catalog's swatch images, not broken icons
     visit.shot("catalog")
 
+    # By keyboard alone: Tab past the skip link to the chosen color, arrow to the next, with a visible ring.
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("ArrowRight")
+    focused = page.evaluate("document.activeElement.id")
+    assert focused == f"color-{catalog['families'][0]['colors'][1]['color_id']}"
+    assert page.locator(f"#{focused}").is_checked()
+    ring = page.eval_on_selector(f'label[for="{focused}"]', "l => getComputedStyle(l).outlineStyle")
+    assert ring == "solid"
+    visit.shot("keyboard-focus")
+
 
 def test_two_cuts_render_and_replace_what_was_shown_with_download_links(visit, service):
     page = visit.page
+    _choose(page, OLIVE, [])
+    page.get_by_role("button", name="Render my suit").click()
+    assert page.get_by_role("alert").inner_text() == "Choose at least one cut."
+    visit.shot("no-cut-refused")
     _choose(page, OLIVE, ["recto", "cruzado"])
     assert page.locator(".fabric-card.selected h3").inner_text() == "Lino Irlandés"
     visit.shot("chosen-olive-linen-two-cuts")
@@ -148,7 +163,7 @@ def test_a_too_large_file_and_a_text_file_posing_as_jpeg_are_refused_in_plain_wo
         data.items.add(new File(["this is not a photo, just text\\n"], "notes.jpg", {type: "image/jpeg"}));
         document.getElementById("dropzone").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
     }""")
-    page.wait_for_function("document.getElementById('notice').textContent.includes('refused')")
+    page.wait_for_function("document.getElementById('swatch-error').textContent.includes('refused')")
     text = notice.inner_text()
     assert text == "The photo was refused: Not an image we can read: upload a JPEG, PNG or WebP file.", text
     assert page.locator("#swatch-status img").count() == 0

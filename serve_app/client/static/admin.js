@@ -98,13 +98,13 @@ function buildNewFabricForm() {
   const id = h("input", { type: "text", name: "family_id", pattern: "[a-z0-9][a-z0-9-]{0,63}", placeholder: "from the name" });
   const collection = h("input", { type: "text", name: "collection", placeholder: "the catalog's" });
   const fabric = supports.fabric ? h("input", { type: "text", name: "fabric", placeholder: "e.g. Donegal tweed" }) : null;
-  form.replaceChildren(
+  form.replaceChildren(...[
     h("h3", { class: "sub", style: "flex-basis:100%" }, "Add a fabric"),
     field("Fabric name", name),
     field("Fabric id (optional)", id),
     field("Collection (optional)", collection),
     fabric ? field("Fabric in English, for the prompt", fabric) : null,
-    h("button", { type: "submit", class: "button primary" }, "Add fabric"));
+    h("button", { type: "submit", class: "button primary" }, "Add fabric")].filter(Boolean));
   form.onsubmit = async (event) => {
     event.preventDefault();
     notice.clear();

@@ -15,6 +15,7 @@ const STATUS_WORDS = {
 
 const $ = (id) => document.getElementById(id);
 const notice = announcer($("notice"));
+const swatchNotice = announcer($("swatch-error")); // next to the drop zone, where the eye is
 const state = { catalog: null, swatchUrl: null, cutNames: {}, stopWatching: null, generating: false };
 
 // -- health: say so plainly when the images are not real renders -------------------------------------
@@ -28,8 +29,8 @@ async function showHealth() {
   }
   const lines = [];
   if (RANDOM_PROFILES.has(health.model_profile)) {
-    lines.push(`Demo mode: the service runs on random weights (${health.model_profile}), so images are not real renders, ` +
-      "only coloured noise in the cut's outline. The previews show the cloth.");
+    lines.push(`Demo mode: the service runs on random weights (${health.model_profile}), so images are not real renders: ` +
+      "they are coloured noise in the outline of the cut.");
   }
   for (const warning of health.warnings || []) lines.push(warning);
   if (health.status && health.status !== "ok") lines.push("Part of the service is down; renders may be slow or fail.");
@@ -58,11 +59,17 @@ function renderFabrics() {
   const cards = families.filter((f) => f.colors.length).map((family, familyIndex) => {
     const preview = h("img", { class: "fabric-swatch", alt: "", loading: "lazy", width: 320, height: 160 });
     const chosen = h("p", { class: "fabric-color-name" });
+    // Without a swatch image (none, or it fails to load) the color itself fills the card.
+    preview.addEventListener("error", () => { preview.removeAttribute("src"); preview.alt = ""; });
     const show = (color) => {
-      if (color.swatch_url) preview.src = color.swatch_url;
-      else preview.removeAttribute("src");
       preview.style.backgroundColor = color.hex_value;
-      preview.alt = `${family.display_name}, ${color.name} swatch`;
+      if (color.swatch_url) {
+        preview.alt = `${family.display_name}, ${color.name} swatch`;
+        preview.src = color.swatch_url;
+      } else {
+        preview.alt = "";
+        preview.removeAttribute("src");
+      }
       chosen.textContent = color.name + (color.swatch_code ? ` · ${color.swatch_code}` : "");
     };
     const chips = family.colors.map((color, colorIndex) => {
@@ -111,14 +118,14 @@ function describeSize(bytes) {
 }
 
 async function uploadSwatch(file) {
-  notice.clear();
+  swatchNotice.clear();
   const status = $("swatch-status");
   if (!IMAGE_TYPES.has(file.type)) {
-    notice.error(`“${file.name}” is not a JPEG, PNG or WebP photo; choose an image file.`);
+    swatchNotice.error(`“${file.name}” is not a JPEG, PNG or WebP photo; choose an image file.`);
     return;
   }
   if (file.size > MAX_UPLOAD_BYTES) {
-    notice.error(`“${file.name}” is ${describeSize(file.size)}; photos can be at most 5 MB. ` +
+    swatchNotice.error(`“${file.name}” is ${describeSize(file.size)}; photos can be at most 5 MB. ` +
       "Try a smaller or more compressed one.");
     return;
   }
@@ -135,12 +142,13 @@ async function uploadSwatch(file) {
   } catch (error) {
     state.swatchUrl = null;
     status.replaceChildren();
-    notice.error(`The photo was refused: ${error.message}`);
+    swatchNotice.error(`The photo was refused: ${error.message}`);
   }
 }
 
 function clearSwatch() {
   state.swatchUrl = null;
+  swatchNotice.clear();
   $("swatch-status").replaceChildren();
   $("swatch-file").value = "";
 }
@@ -173,16 +181,17 @@ function renderSlots(accepted, request) {
   const slots = request.cuts.map((cut) => {
     const name = state.cutNames[cut] || cut;
     const img = h("img", { class: "render", alt: `${name}: instant preview`, width: 512, height: 512, dataset: { stage: "preview" } });
+    const placeholder = h("p", { class: "render-placeholder", hidden: true }, "No preview here yet: the render is on its way.");
     img.addEventListener("error", () => {
-      if (img.dataset.stage === "preview") {
-        img.removeAttribute("src");
-        img.dataset.stage = "none";
-        img.alt = `${name}: no preview available, the render is on its way`;
-      }
+      if (img.dataset.stage !== "preview") return;
+      img.dataset.stage = "none";
+      img.removeAttribute("src");
+      img.hidden = true;
+      placeholder.hidden = false;
     });
     img.src = previews[cut] || previewUrl(cut, request.color_id);
     return h("figure", { class: "render-slot", dataset: { cut } },
-      h("div", { class: "render-frame" }, img),
+      h("div", { class: "render-frame" }, img, placeholder),
       h("figcaption", {},
         h("span", { class: "cut-name" }, name),
         h("span", { class: "cut-status", dataset: { status: "pending" } }, "Preview · waiting for a free tailor…"),
@@ -204,13 +213,18 @@ function showJob(job) {
     const name = state.cutNames[cut] || cut;
     if (url && img.dataset.stage !== "render") {
       img.dataset.stage = "render";
+      img.hidden = false;
+      slot.querySelector(".render-placeholder").hidden = true;
       img.src = url;
       img.alt = `${name} in your fabric: the render`;
       const link = slot.querySelector("a.download");
       link.href = url;
       link.hidden = false;
-    } else if (!url && entry.preview_url && img.dataset.stage === "none") {
+    } else if (!url && entry.preview_url && img.dataset.stage === "none" && !img.dataset.retried) {
+      img.dataset.retried = "yes"; // the job's own preview URL, tried once
       img.dataset.stage = "preview";
+      img.hidden = false;
+      slot.querySelector(".render-placeholder").hidden = true;
       img.src = entry.preview_url;
     }
     const label = slot.querySelector(".cut-status");
