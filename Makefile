@@ -17,7 +17,7 @@ ifeq ($(ISOLATE),yes)
 IN_LOOPBACK_NETNS := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 endif
 
-.PHONY: install run test bench bench-api bench-gpu gpu-wheels stop-db clean
+.PHONY: install browser run test bench bench-api bench-gpu gpu-wheels stop-db clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,17 @@ run: install
 	@echo "Admin users: $(PY) -m serve_app.cli create-admin <name>   (then POST /admin/login)"
 	$(PY) -m serve_app.cli run
 
-test: install
+# The browser tests (tests/e2e) drive Debian's Chromium: installed here when missing, where apt-get and root
+# (or password-less sudo) allow; otherwise those tests skip, saying so, and the rest run.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if ! command -v apt-get >/dev/null; then SUDO=none; elif [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+	  if [ "$$SUDO" = none ]; then echo "no Chromium, and no root to apt-get install chromium: the browser tests will skip"; \
+	  else $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || echo "apt-get install chromium failed: the browser tests will skip"; fi; }
+
+test: install browser
 	$(IN_LOOPBACK_NETNS) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install

@@ -14,6 +14,7 @@ from serve_app.admin.auth import routes as admin_auth
 from serve_app.admin.fabrics import routes as admin_fabrics
 from serve_app.admin.generations import routes as admin_generations
 from serve_app.catalog import routes as catalog
+from serve_app.client import mount_client
 from serve_app.deps import Services
 from serve_app.errors import add_error_handlers
 from serve_app.generation import routes as generation
@@ -34,6 +35,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     for feature in FEATURES:
         app.include_router(feature.router)
+    mount_client(app)
     add_error_handlers(app)
     app.add_middleware(RouteThreads, threads=services.settings.ingress_threads)
     app.add_middleware(
