@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Generic, Hashable, TypeVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 LEGEND_KEY = "sastre-regions"  # the regions PNG's text chunk naming each label (catalog/templates.py)
 SWATCH_FORMATS = {"JPEG", "PNG", "WEBP"}
@@ -130,7 +130,10 @@ def decode_tile(swatch: bytes, tile: int) -> np.ndarray:
         raise UnreadableSwatch(f"swatch cannot be decoded: {exc}") from exc
     side = min(rgb.size)
     left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-    square = rgb.resize((tile, tile), Image.BOX, box=(left, top, left + side, top + side))
+    # A slight blur takes out weave finer than two texels, which would shimmer as moiré where a
+    # region samples the tile at an angle (lapels, sleeves).
+    square = rgb.resize((tile, tile), Image.BOX, box=(left, top, left + side, top + side)).filter(
+        ImageFilter.GaussianBlur(0.6))
     pixels = np.asarray(square, dtype=np.float32)
     low = np.asarray(square.resize((3, 3), Image.BOX).resize((tile, tile), Image.BILINEAR), dtype=np.float32)
     flat = pixels * (pixels.reshape(-1, 3).mean(axis=0) / np.maximum(low, 1.0))
