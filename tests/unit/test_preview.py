@@ -78,8 +78,9 @@ def test_another_swatch_changes_the_jacket_and_nothing_around_it(renderer, templ
     sand = pixels(renderer.render(render_swatch(*SAND), templates[cut]))
     cloth = erode(prepared.mask("body", "left_sleeve", "right_sleeve", "left_lapel", "right_lapel"), 2)
     assert np.abs(navy[cloth] - sand[cloth]).mean() > 80
-    # JPEG blocks (8 px) that touch no garment pixel come out identical.
-    around = erode(prepared.mask("background"), 16)
+    # JPEG blocks that touch no garment pixel come out identical: 16 px colour blocks (4:2:0), plus
+    # the one chroma sample the decoder's upsampling borrows from the next block.
+    around = erode(prepared.mask("background"), 24)
     assert np.array_equal(navy[around], sand[around])
     shirt = erode(prepared.mask("shirt"), 3)
     assert np.abs(navy[shirt] - sand[shirt]).mean() < 6
