@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -292,7 +292,8 @@ def _line_drawing(jacket: Jacket) -> Image.Image:
     return Image.fromarray(np.repeat((255 - ink)[..., None], 3, axis=2), "RGB")
 
 
-def legend(jacket: Jacket) -> list[Region]:
+def _legend(jacket: Jacket) -> list[Region]:
+    """What each label index is, written into the regions PNG so the preview needs no copy of this module."""
     kinds = {"background": "background", "shirt": "shirt", "button": "button"}
     return [Region(name, kinds.get(name, "cloth"), round(jacket.grains.get(name, 0.0), 2)) for name in REGIONS_ORDER]
 
@@ -307,7 +308,7 @@ def draw_regions(cut_id: str) -> tuple[Image.Image, Image.Image]:
     jacket = _jacket(double_breasted=(cut_id == "cruzado"))
     labels = _paint(jacket, REGION_SIZE)
     regions = Image.fromarray(labels, "L")
-    regions.info[LEGEND_KEY] = json.dumps([r.__dict__ for r in legend(jacket)])
+    regions.info[LEGEND_KEY] = json.dumps([asdict(r) for r in _legend(jacket)])
     shading = Image.fromarray((_shading(jacket, labels) * 255).round().astype(np.uint8), "L")
     return regions, shading
 

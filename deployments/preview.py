@@ -197,7 +197,9 @@ def prepare_template(template: CutTemplate, size: int) -> PreparedTemplate:
 class PreviewRenderer:
     """Renders and caches previews; one instance per process, shared by its threads."""
 
-    def __init__(self, cache_size: int = 256, tile_cache_size: int = 512, template_cache_size: int = 16) -> None:
+    def __init__(self, cache_size: int = 256, tile_cache_size: int = 256, template_cache_size: int = 8) -> None:
+        """Bounds in entries: a preview is ~30 KB of JPEG, a 512 px tile ~50 KB, a prepared 512 px template
+        ~8 MB (so callers should allow only a few sizes)."""
         self.previews: _Lru[bytes] = _Lru(cache_size)
         self.tiles: _Lru[np.ndarray] = _Lru(tile_cache_size)
         self.templates: _Lru[PreparedTemplate] = _Lru(template_cache_size)
