@@ -34,10 +34,18 @@ class CutSpec:
     cut_id: str
     display_name: str
     prompt: str
-    template: str
+    template: str  # the line drawing ControlNet's detector reads
+    regions: str  # label image of the same geometry, for the instant preview
+    shading: str  # its grayscale shading map
 
     def template_png(self) -> bytes:
         return (CATALOG_DIR / self.template).read_bytes()
+
+    def regions_png(self) -> bytes:
+        return (CATALOG_DIR / self.regions).read_bytes()
+
+    def shading_png(self) -> bytes:
+        return (CATALOG_DIR / self.shading).read_bytes()
 
 
 @dataclass(frozen=True)
