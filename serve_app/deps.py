@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from catalog.data import CatalogData
 from db.engine import make_engine, make_sessionmaker
 from db.models import AdminUser
+from deployments.preview import PreviewRenderer
 from deployments.storage import Storage
 from serve_app.admin.auth.service import AuthError, user_for_token
 from serve_app.backpressure import BacklogGate
@@ -34,6 +35,7 @@ class Services:
     backlog: BacklogGate | None = None
     jwt_secret: str | None = None  # admin routes answer 401 to everything without one
     rate_limits: RateLimits | None = None
+    previews: PreviewRenderer = field(default_factory=PreviewRenderer)  # per replica, cached by swatch content
 
     def __post_init__(self) -> None:
         if self.backlog is None:

@@ -19,9 +19,10 @@ from serve_app.deps import Services
 from serve_app.errors import add_error_handlers
 from serve_app.generation import routes as generation
 from serve_app.health import routes as health
+from serve_app.preview import routes as preview
 from serve_app.uploads import routes as uploads
 
-FEATURES = (catalog, generation, uploads, health, admin_auth, admin_fabrics, admin_generations)
+FEATURES = (catalog, preview, generation, uploads, health, admin_auth, admin_fabrics, admin_generations)
 
 
 def create_app(services: Services) -> FastAPI:

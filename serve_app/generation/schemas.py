@@ -30,6 +30,7 @@ class GenerateAccepted(BaseModel):
     status: str
     seed: int
     status_url: str
+    preview_urls: dict[str, str] = Field(description="each cut's instant preview (GET /preview), ready at once")
 
 
 class CutProgress(BaseModel):
@@ -38,6 +39,7 @@ class CutProgress(BaseModel):
     seed: int
     url: str | None = None
     ip_adapter_fallback: bool | None = None
+    preview_url: str | None = Field(default=None, description="the cut's instant preview until its render is in")
 
 
 class JobOut(BaseModel):

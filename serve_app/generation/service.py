@@ -11,20 +11,21 @@ import json
 import logging
 import secrets
 import uuid
-from datetime import datetime, timedelta, timezone
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
-from catalog.loader import color_swatch_key
 from db import jobs
 from db.catalog import find_active_color
 from db.models import GenerationJob
-from deployments.storage import UPLOAD_PREFIX, ObjectMissing, Storage, StorageError
+from deployments.storage import ObjectMissing, Storage, StorageError
+from serve_app.catalog.service import color_swatch
 from serve_app.deps import Services
 from serve_app.generation.schemas import CutProgress, GenerateAccepted, GenerateRequest, JobOut
 from serve_app.job_inputs import forget_swatch, own_swatch
+from serve_app.preview.service import preview_url
+from serve_app.uploads.service import resolve_swatch
 
 logger = logging.getLogger("sastre.api")
 
@@ -57,8 +58,14 @@ def _replay(job: GenerationJob, request_hash: str) -> JSONResponse:
     """The answer to a repeated Idempotency-Key: the same job, or 409 if the body differs."""
     if job.request_hash != request_hash:
         raise HTTPException(409, "this Idempotency-Key was already used with a different request body")
-    accepted = GenerateAccepted(job_id=job.job_id, status=job.status, seed=job.seed, status_url=f"/jobs/{job.job_id}")
-    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Idempotent-Replayed": "true"})
+    return JSONResponse(accepted(job).model_dump(), status_code=202, headers={"Idempotent-Replayed": "true"})
+
+
+def accepted(job: GenerationJob) -> GenerateAccepted:
+    """The 202's body: where to poll, and each cut's instant preview while the render is queued."""
+    return GenerateAccepted(job_id=job.job_id, status=job.status, seed=job.seed, status_url=f"/jobs/{job.job_id}",
+                            preview_urls={cut: preview_url(cut, color_id=job.color_id, swatch_url=job.swatch_url)
+                                          for cut in job.cuts})
 
 
 def _create(services: Services, body: GenerateRequest, idempotency_key: str | None,
@@ -78,10 +85,8 @@ def _create(services: Services, body: GenerateRequest, idempotency_key: str | No
             raise HTTPException(422, f"unknown or inactive color {body.color_id} in family {body.family_id}")
         if body.swatch_url:
             swatch_key = resolve_swatch(services, body.swatch_url, family.collection)
-        elif color.swatch_url:
-            swatch_key = services.storage.key_for_url(color.swatch_url)
         else:
-            swatch_key = color_swatch_key(family, color)
+            swatch_key = color_swatch(services.storage, family, color)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
         job_id = str(uuid.uuid4())
         swatch_key = _own_swatch(services, swatch_key, job_id)
@@ -95,22 +100,7 @@ def _create(services: Services, body: GenerateRequest, idempotency_key: str | No
         except BaseException:
             forget_swatch(services.storage, job_id, swatch_key)  # nothing half-written stays behind
             raise
-    return GenerateAccepted(job_id=job.job_id, status=job.status, seed=seed, status_url=f"/jobs/{job.job_id}")
-
-
-def resolve_swatch(services: Services, url: str, collection: str | None) -> str:
-    """Map a client's swatch_url back to a key of ours, or refuse it. Nothing is ever fetched."""
-    key = services.storage.key_for_url(url)
-    allowed = key is not None and (key.startswith(UPLOAD_PREFIX) or (collection and key.startswith(collection + "/")))
-    if not allowed:
-        raise HTTPException(422, "swatch_url must be a swatch URL issued by this service (an upload or a catalog swatch)")
-    modified = services.storage.modified_at(key)
-    if modified is None:
-        raise HTTPException(422, "swatch_url refers to a swatch that does not exist or has expired")
-    ttl = timedelta(hours=services.settings.upload_ttl_hours)
-    if key.startswith(UPLOAD_PREFIX) and modified + ttl < datetime.now(timezone.utc):
-        raise HTTPException(422, "swatch_url refers to an upload that has expired: upload the swatch again")
-    return key
+    return accepted(job)
 
 
 def _own_swatch(services: Services, key: str | None, job_id: str) -> str | None:
@@ -132,7 +122,8 @@ def job_out(job: GenerationJob, storage: Storage) -> JobOut:
         url = storage.url_for(entry["key"]) if entry.get("key") else entry.get("url")
         progress.append(CutProgress(cut=cut, status=entry.get("status", "pending"),
                                     seed=entry.get("seed", seeds[index] if seeds else 0), url=url,
-                                    ip_adapter_fallback=entry.get("ip_adapter_fallback")))
+                                    ip_adapter_fallback=entry.get("ip_adapter_fallback"),
+                                    preview_url=preview_url(cut, color_id=job.color_id, swatch_url=job.swatch_url)))
     result_urls = [p.url for p in progress] if job.status == "completed" else None
     return JobOut(
         job_id=job.job_id, status=job.status, family_id=job.family_id, color_id=job.color_id, cuts=job.cuts,

@@ -20,6 +20,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.types import Message, Receive
 
 from deployments.storage import UPLOAD_PREFIX, Storage, StorageError
+from serve_app.deps import Services
 from serve_app.settings import Settings
 from serve_app.uploads.schemas import UploadOut
 
@@ -157,3 +158,18 @@ def store_upload(storage: Storage, settings: Settings, image: CleanImage) -> Upl
         logger.exception("storing upload %s failed", key)
         raise HTTPException(503, "storage unavailable, retry shortly") from None
     return UploadOut(swatch_url=url, expires_at=datetime.now(timezone.utc) + timedelta(hours=settings.upload_ttl_hours))
+
+
+def resolve_swatch(services: Services, url: str, collection: str | None) -> str:
+    """Map a client's swatch_url back to a key of ours, or refuse it. Nothing is ever fetched."""
+    key = services.storage.key_for_url(url)
+    allowed = key is not None and (key.startswith(UPLOAD_PREFIX) or (collection and key.startswith(collection + "/")))
+    if not allowed:
+        raise HTTPException(422, "swatch_url must be a swatch URL issued by this service (an upload or a catalog swatch)")
+    modified = services.storage.modified_at(key)
+    if modified is None:
+        raise HTTPException(422, "swatch_url refers to a swatch that does not exist or has expired")
+    ttl = timedelta(hours=services.settings.upload_ttl_hours)
+    if key.startswith(UPLOAD_PREFIX) and modified + ttl < datetime.now(timezone.utc):
+        raise HTTPException(422, "swatch_url refers to an upload that has expired: upload the swatch again")
+    return key
