@@ -24,7 +24,8 @@ from PIL import Image
 
 from deployments.denoising import TurboBatch, TurboDenoiser
 from deployments.graphs import BucketedRunner, cuda_graph_builder
-from deployments.model_loading import LoadedPipeline, ModelSources, load_pipeline
+from deployments.model_loading import LoadedPipeline, load_pipeline
+from deployments.model_sources import ModelSources
 from deployments.storage import ObjectMissing, Storage
 
 logger = logging.getLogger("sastre.generation")

@@ -17,7 +17,8 @@ from ray import serve
 
 from deployments.finishing import Finisher
 from deployments.generation import Acceleration, CutImage, CutRequest, SdxlTurboModel, read_swatch
-from deployments.model_loading import ModelSources, load_pipeline
+from deployments.model_loading import load_pipeline
+from deployments.model_sources import ModelSources
 from deployments.preprocessing import ControlMapper
 from deployments.stages import CallsInFlight, bounded
 from deployments.storage import open_storage
@@ -57,10 +58,10 @@ class ControlNetPreprocessor:
     **HEALTH_CHECK,
 )
 class SdxlTurboGenerator:
-    def __init__(self, profile: str, storage: dict, sources: dict | None = None, num_inference_steps: int = 1,
+    def __init__(self, profile: str, storage: dict, sources: ModelSources, num_inference_steps: int = 1,
                  image_size: int = 512, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01, *,
                  stage_timeout_s: float, fault_stall_file: str | None = None) -> None:
-        loaded = load_pipeline(profile, ModelSources(**(sources or {})))
+        loaded = load_pipeline(profile, sources)
         acceleration = Acceleration.for_device(loaded.pipeline.device, max_batch_size)
         self.model = SdxlTurboModel(loaded, num_inference_steps, acceleration=acceleration)
         # Capture every batch size's CUDA graph before the replica takes traffic: Serve routes to a
