@@ -58,9 +58,9 @@ class ControlNetPreprocessor:
     **HEALTH_CHECK,
 )
 class SdxlTurboGenerator:
-    def __init__(self, profile: str, storage: dict, sources: ModelSources, num_inference_steps: int = 1,
-                 image_size: int = 512, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01, *,
-                 stage_timeout_s: float, fault_stall_file: str | None = None) -> None:
+    def __init__(self, profile: str, storage: dict, sources: ModelSources, num_inference_steps: int, image_size: int,
+                 max_batch_size: int, batch_wait_s: float, *, stage_timeout_s: float,
+                 fault_stall_file: str | None = None) -> None:
         loaded = load_pipeline(profile, sources)
         acceleration = Acceleration.for_device(loaded.pipeline.device, max_batch_size)
         self.model = SdxlTurboModel(loaded, num_inference_steps, acceleration=acceleration)
@@ -68,8 +68,10 @@ class SdxlTurboGenerator:
         # replica only once __init__ returns, so no request waits for a capture.
         self.model.warm_up(image_size, image_size, progress=logger.info)
         self.storage = open_storage(storage)
+        # The batch's bounds are settings (`max_batch_size`, `batch_wait_seconds`), so they are set here
+        # rather than in the decorator; the largest batch is also the largest captured graph, above.
         self.generate_batch.set_max_batch_size(max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.generate_batch.set_batch_wait_timeout_s(batch_wait_s)
         self.stage_timeout_s = stage_timeout_s
         self.model_calls = CallsInFlight("model")
         # Swatch reads get threads of their own: a storage endpoint that stops answering ties up
@@ -79,7 +81,7 @@ class SdxlTurboGenerator:
 
     # Each request reads its own swatch (outside the model's lock, concurrently), so a storage error
     # fails that cut alone; two batches in flight: while one holds the model (the GPU), the next gathers.
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
+    @serve.batch(max_concurrent_batches=2)
     async def generate_batch(self, prompt: list[str], control_image: list[np.ndarray], swatch: list[bytes | None],
                              seed: list[int]) -> list[CutImage]:
         requests = [CutRequest(*cut) for cut in zip(prompt, control_image, swatch, seed)]

@@ -28,7 +28,8 @@ def build_app(args: dict | None = None) -> Application:
     preprocessor = ControlNetPreprocessor.bind(timeout)
     generator = SdxlTurboGenerator.bind(
         settings.model_profile, storage, settings.model_sources(), settings.num_inference_steps, settings.image_size,
-        stage_timeout_s=timeout, fault_stall_file=settings.fault_stall_file,
+        settings.max_batch_size, settings.batch_wait_seconds, stage_timeout_s=timeout,
+        fault_stall_file=settings.fault_stall_file,
     )
     finisher = ImageFinisher.bind(storage, settings.watermark_text, stage_timeout_s=timeout)
     runner = JobRunnerDeployment.bind(resolved, database_url, storage, preprocessor, generator, finisher)

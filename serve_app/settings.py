@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     vae_model: str = Field(default=ModelSources.vae, description="fp16-safe VAE; empty = the base model's")
     image_size: int = Field(default=512, ge=64, le=1024, multiple_of=64)
     num_inference_steps: int = Field(default=1, ge=1, le=4)
+    max_batch_size: int = Field(default=8, ge=1, le=64, description="most cuts one generator call makes, across "
+                                "jobs; a GPU replica captures a CUDA graph for 1, 2, 4, ... up to it")
+    batch_wait_seconds: float = Field(default=0.01, ge=0, le=1, description="how long a generator batch waits for "
+                                      "more cuts before it runs")
     control_detector: Literal["canny"] = "canny"
     watermark_text: str = "SASTRE"
 
