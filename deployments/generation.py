@@ -63,22 +63,6 @@ def _swatch_digest(swatch: bytes | None) -> str:
     return hashlib.sha256(swatch).hexdigest() if swatch else "missing"
 
 
-def read_swatch(storage: Storage, key: str | None) -> bytes | None:
-    """The swatch's bytes, or None when it is really gone: the IP-Adapter scale-0 fallback.
-
-    Only a missing object falls back (an undecodable one does too, later, in `decode_swatch`). A
-    store that does not answer properly raises `StorageUnavailable`: the cut attempt fails and is
-    retried, so a storage hiccup never turns into a degraded image in a "completed" job.
-    """
-    if key is None:
-        return None
-    try:
-        return storage.get(key)
-    except ObjectMissing as exc:
-        logger.warning("swatch %s is gone, IP-Adapter falls back to scale 0: %s", key, exc)
-        return None
-
-
 @dataclass(frozen=True)
 class Acceleration:
     """How the denoiser runs on this device. The defaults follow the device: both levers need a GPU."""
@@ -236,3 +220,37 @@ class SdxlTurboModel:
             image_embeds=torch.cat([emb for _, emb in batch])[:, None, :],
             control=torch.from_numpy(np.stack([request.control_image for request in requests])),
         )
+
+
+class CutGenerator:
+    """The generate stage with its inputs as a job names them: the swatch by storage key, not bytes.
+
+    Reading the swatch, and falling back when it is gone, is written here once: the Serve generator
+    wraps this class (reading on threads of its own, then batching across requests), and the
+    in-process render chain calls `generate`.
+    """
+
+    def __init__(self, model: SdxlTurboModel, storage: Storage) -> None:
+        self.model = model
+        self.storage = storage
+
+    def request(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutRequest:
+        """The model's request for one cut, its swatch read from storage.
+
+        Only a missing object falls back to IP-Adapter scale 0 (an undecodable one does too, later, in
+        `decode_swatch`). A store that does not answer properly raises `StorageUnavailable`: the cut
+        attempt fails and is retried, so a storage hiccup never turns into a degraded image in a
+        "completed" job.
+        """
+        swatch = None
+        if swatch_key is not None:
+            try:
+                swatch = self.storage.get(swatch_key)
+            except ObjectMissing as exc:
+                logger.warning("swatch %s is gone, IP-Adapter falls back to scale 0: %s", swatch_key, exc)
+        return CutRequest(prompt, control_image, swatch, seed)
+
+    def generate(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutImage:
+        """One cut, alone: the in-process chain's generate stage."""
+        [image] = self.model.generate([self.request(prompt, control_image, swatch_key, seed)])
+        return image
