@@ -101,8 +101,8 @@ class SdxlTurboModel:
         self.pipeline.set_ip_adapter_scale(ip_adapter_scale)
         self.graphs = (BucketedRunner(self.acceleration.batch_sizes, cuda_graph_builder(self.denoiser))
                        if self.acceleration.cuda_graphs else None)
-        # Embeddings are tiny next to the models. No lock of their own: they are only called under
-        # `_lock`, one batch at a time.
+        # Embeddings are tiny next to the models. No lock of their own: the model calls them one batch
+        # at a time, under `_lock` (or in warm-up, before the replica takes traffic).
         self.prompt_embeddings = cached(LRUCache(512), key=lambda prompt: prompt, info=True)(self._encode_prompt)
         self.image_embeddings = cached(LRUCache(256), key=_swatch_digest, info=True)(self._encode_swatch)
         # One batch at a time: the IP-Adapter scale is pipeline-wide state, graphs own their buffers,
