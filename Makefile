@@ -56,7 +56,7 @@ bench-gpu: install
 # Wheels that bench/lent_gpu.sh unpacks on a GPU machine lacking them, at the versions installed here.
 gpu-wheels: install
 	rm -rf .gpu-wheels && $(PY) -m pip download -q --no-deps --only-binary=:all: -d .gpu-wheels \
-	  $$($(PY) -m pip list --format=freeze | grep -iE '^(diffusers|controlnet.aux|importlib.metadata|zipp)==') 2>&1 | { grep -v 'is ignored' || true; }
+	  $$($(PY) -m pip list --format=freeze | grep -iE '^(diffusers|controlnet.aux|importlib.metadata|zipp|cachetools)==') 2>&1 | { grep -v 'is ignored' || true; }
 
 stop-db: install
 	$(PY) -m serve_app.cli stop-db

@@ -3,8 +3,9 @@
 Each figure is printed beside a baseline measured in the same run, as a ratio:
 - startup to healthy        vs. a one-route Ray Serve app started the same way (Ray's own floor);
 - POST /generate latency    vs. GET /livez through the same proxy (the proxy's floor);
-- POST → completed, 2 cuts  vs. the same two cuts made in-process by the plain worker classes
-                              (control map + one batched generate + watermark/JPEG), no Ray, no DB.
+- POST → completed, 2 cuts  vs. the same two cuts through the same render chain in-process
+                              (`RenderChain.in_process`: the plain worker classes, cuts rendered
+                              concurrently as the runner does), no Ray, no DB.
 
 Run: `make bench` (or `python bench/e2e_latency.py --jobs 20`). Prints a table and one JSON line.
 """
@@ -12,6 +13,7 @@ Run: `make bench` (or `python bench/e2e_latency.py --jobs 20`). Prints a table a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -34,27 +36,34 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def in_process_two_cuts(size: int, repeats: int) -> list[float]:
-    """The work of one 2-cut job without the service around it."""
+    """The work of one 2-cut job without the service around it: the runner's render chain, in-process."""
     from catalog.data import load_catalog
     from catalog.prompts import build_prompt
     from catalog.swatches import render_swatch
     from deployments.finishing import Finisher
-    from deployments.generation import CutRequest, SdxlTurboModel
+    from deployments.generation import CutGenerator, SdxlTurboModel
     from deployments.preprocessing import ControlMapper
+    from deployments.rendering import CutTask, RenderChain
     from deployments.storage import LocalStorage
 
     catalog = load_catalog()
-    mapper, model = ControlMapper(), SdxlTurboModel.from_profile("tiny-random", device="cpu")
-    finisher = Finisher(LocalStorage(tempfile.mkdtemp(), "http://127.0.0.1/media"))
-    swatch = render_swatch("#1F2A44", "095T-0121")
+    storage = LocalStorage(tempfile.mkdtemp(), "http://127.0.0.1/media")
+    storage.put("swatches/095T-0121.png", render_swatch("#1F2A44", "095T-0121"), "image/png")
+    model = SdxlTurboModel.from_profile("tiny-random", device="cpu")
+    chain = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage), "canny", size,
+                                   stage_timeout_s=300)
+
+    async def job(run: int) -> None:
+        await asyncio.gather(*(chain.render(CutTask(
+            job_id=f"bench-{run}", cut=c.cut_id, prompt=build_prompt(c.prompt, "fine worsted cool wool", "navy blue"),
+            template_png=c.template_png(), swatch_key="swatches/095T-0121.png", seed=run * 2 + i,
+            result_key=f"generated/x/{run}/{c.cut_id}.jpg",
+        )) for i, c in enumerate(catalog.cuts)))
+
     times = []
     for run in range(repeats + 1):
         started = time.perf_counter()
-        requests = [CutRequest(build_prompt(c.prompt, "fine worsted cool wool", "navy blue"),
-                               mapper.control_map(c.template_png(), c.cut_id, "canny", size), swatch, run * 2 + i)
-                    for i, c in enumerate(catalog.cuts)]
-        for i, image in enumerate(model.generate(requests)):
-            finisher.finish(image, f"generated/x/{run}/{i}.jpg")
+        asyncio.run(job(run))
         if run:  # the first run warms caches, as the service's first job does
             times.append(time.perf_counter() - started)
     return times

@@ -14,49 +14,21 @@ import io
 import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Callable
 
 import numpy as np
 import torch
+from cachetools import LRUCache, cached
 from PIL import Image
 
 from deployments.denoising import TurboBatch, TurboDenoiser
 from deployments.graphs import BucketedRunner, cuda_graph_builder
-from deployments.model_loading import LoadedPipeline, ModelSources, load_pipeline
+from deployments.model_loading import LoadedPipeline, load_pipeline
+from deployments.model_sources import ModelSources
 from deployments.storage import ObjectMissing, Storage
 
 logger = logging.getLogger("sastre.generation")
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class LruCache(Generic[K, V]):
-    """A small LRU map (used under the model's lock); embeddings are tiny next to the models."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get_or_compute(self, key: K, compute: Callable[[], V]) -> V:
-        if key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key]
-        value = compute()
-        self.misses += 1
-        self._items[key] = value
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-        return value
-
-    def __contains__(self, key: K) -> bool:
-        return key in self._items
-
 
 @dataclass(frozen=True)
 class CutRequest:
@@ -86,20 +58,9 @@ def decode_swatch(data: bytes | None) -> Image.Image | None:
         return None
 
 
-def read_swatch(storage: Storage, key: str | None) -> bytes | None:
-    """The swatch's bytes, or None when it is really gone: the IP-Adapter scale-0 fallback.
-
-    Only a missing object falls back (an undecodable one does too, later, in `decode_swatch`). A
-    store that does not answer properly raises `StorageUnavailable`: the cut attempt fails and is
-    retried, so a storage hiccup never turns into a degraded image in a "completed" job.
-    """
-    if key is None:
-        return None
-    try:
-        return storage.get(key)
-    except ObjectMissing as exc:
-        logger.warning("swatch %s is gone, IP-Adapter falls back to scale 0: %s", key, exc)
-        return None
+def _swatch_digest(swatch: bytes | None) -> str:
+    """Image embeddings are keyed by the swatch's content hash, so a cache hit costs a hash, not a decode."""
+    return hashlib.sha256(swatch).hexdigest() if swatch else "missing"
 
 
 @dataclass(frozen=True)
@@ -140,8 +101,10 @@ class SdxlTurboModel:
         self.pipeline.set_ip_adapter_scale(ip_adapter_scale)
         self.graphs = (BucketedRunner(self.acceleration.batch_sizes, cuda_graph_builder(self.denoiser))
                        if self.acceleration.cuda_graphs else None)
-        self.prompt_cache: LruCache[str, tuple[torch.Tensor, torch.Tensor]] = LruCache(512)
-        self.image_cache: LruCache[str, tuple[torch.Tensor, bool]] = LruCache(256)
+        # Embeddings are tiny next to the models. No lock of their own: the model calls them one batch
+        # at a time, under `_lock` (or in warm-up, before the replica takes traffic).
+        self.prompt_embeddings = cached(LRUCache(512), key=lambda prompt: prompt, info=True)(self._encode_prompt)
+        self.image_embeddings = cached(LRUCache(256), key=_swatch_digest, info=True)(self._encode_swatch)
         # One batch at a time: the IP-Adapter scale is pipeline-wide state, graphs own their buffers,
         # and the fast tokenizers change their truncation settings per call.
         self._lock = threading.Lock()
@@ -163,31 +126,21 @@ class SdxlTurboModel:
         }
 
     @torch.inference_mode()
-    def _prompt_embeddings(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        def compute() -> tuple[torch.Tensor, torch.Tensor]:
-            embeds, _, pooled, _ = self.pipeline.encode_prompt(
-                prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
-            )
-            return embeds, pooled
-
-        return self.prompt_cache.get_or_compute(prompt, compute)
+    def _encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, _, pooled, _ = self.pipeline.encode_prompt(
+            prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return embeds, pooled
 
     @torch.inference_mode()
-    def _image_embeddings(self, swatch: bytes | None) -> tuple[torch.Tensor, bool]:
-        """The swatch's IP-Adapter embedding and whether it had to fall back to a blank image.
-
-        Keyed by content hash, so a cache hit costs a hash, not a decode.
-        """
-        def compute() -> tuple[torch.Tensor, bool]:
-            image = decode_swatch(swatch)
-            fallback = image is None
-            if fallback:
-                image = Image.new("RGB", (224, 224), (255, 255, 255))
-            embeds, _ = self.pipeline.encode_image(image, self.device, 1)
-            return embeds, fallback  # embeds: (1, dim)
-
-        key = hashlib.sha256(swatch).hexdigest() if swatch else "missing"
-        return self.image_cache.get_or_compute(key, compute)
+    def _encode_swatch(self, swatch: bytes | None) -> tuple[torch.Tensor, bool]:
+        """The swatch's IP-Adapter embedding and whether it had to fall back to a blank image."""
+        image = decode_swatch(swatch)
+        fallback = image is None
+        if fallback:
+            image = Image.new("RGB", (224, 224), (255, 255, 255))
+        embeds, _ = self.pipeline.encode_image(image, self.device, 1)
+        return embeds, fallback  # embeds: (1, dim)
 
     @torch.inference_mode()
     def generate(self, requests: list[CutRequest]) -> list[CutImage]:
@@ -204,7 +157,7 @@ class SdxlTurboModel:
         `progress` hears one line per size: a capture that hangs or fails is then easy to place.
         """
         control = np.zeros((height, width, 3), np.uint8)
-        embeds, _ = self._image_embeddings(None)
+        embeds, _ = self.image_embeddings(None)
         sizes = self.graphs.bucket_sizes if self.graphs else [1]
         with self._lock:
             for size in sizes:
@@ -216,7 +169,7 @@ class SdxlTurboModel:
                     progress(f"warm-up: batch {size} at {width}x{height} {what} in {time.perf_counter() - start:.1f} s")
 
     def _generate(self, requests: list[CutRequest]) -> list[CutImage]:
-        prepared = [(request, *self._image_embeddings(request.swatch)) for request in requests]
+        prepared = [(request, *self.image_embeddings(request.swatch)) for request in requests]
         results: list[CutImage | None] = [None] * len(requests)
         for fallback in (False, True):
             group = [i for i, (_, _, fb) in enumerate(prepared) if fb == fallback]
@@ -247,7 +200,7 @@ class SdxlTurboModel:
             image = request.control_image
             if image.dtype != np.uint8 or image.shape != (height, width, 3):
                 raise ValueError("control images must be uint8 HxWx3, all of one resolution")
-        embeds = [self._prompt_embeddings(request.prompt) for request in requests]
+        embeds = [self.prompt_embeddings(request.prompt) for request in requests]
         dtype = embeds[0][0].dtype
         factor = self.pipeline.vae_scale_factor
         latent_shape = (1, self.pipeline.unet.config.in_channels, height // factor, width // factor)
@@ -267,3 +220,37 @@ class SdxlTurboModel:
             image_embeds=torch.cat([emb for _, emb in batch])[:, None, :],
             control=torch.from_numpy(np.stack([request.control_image for request in requests])),
         )
+
+
+class CutGenerator:
+    """The generate stage with its inputs as a job names them: the swatch by storage key, not bytes.
+
+    Reading the swatch, and falling back when it is gone, is written here once: the Serve generator
+    wraps this class (reading on threads of its own, then batching across requests), and the
+    in-process render chain calls `generate`.
+    """
+
+    def __init__(self, model: SdxlTurboModel, storage: Storage) -> None:
+        self.model = model
+        self.storage = storage
+
+    def request(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutRequest:
+        """The model's request for one cut, its swatch read from storage.
+
+        Only a missing object falls back to IP-Adapter scale 0 (an undecodable one does too, later, in
+        `decode_swatch`). A store that does not answer properly raises `StorageUnavailable`: the cut
+        attempt fails and is retried, so a storage hiccup never turns into a degraded image in a
+        "completed" job.
+        """
+        swatch = None
+        if swatch_key is not None:
+            try:
+                swatch = self.storage.get(swatch_key)
+            except ObjectMissing as exc:
+                logger.warning("swatch %s is gone, IP-Adapter falls back to scale 0: %s", swatch_key, exc)
+        return CutRequest(prompt, control_image, swatch, seed)
+
+    def generate(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutImage:
+        """One cut, alone: the in-process chain's generate stage."""
+        [image] = self.model.generate([self.request(prompt, control_image, swatch_key, seed)])
+        return image

@@ -14,25 +14,11 @@ from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNe
 from transformers import CLIPVisionModelWithProjection
 
 from deployments.model_configs import build_random_components
+from deployments.model_sources import ModelSources
 
 logger = logging.getLogger("sastre.models")
 
 PROFILES = ("pretrained", "tiny-random", "full-random", "auto")
-
-
-@dataclass(frozen=True)
-class ModelSources:
-    """Where the `pretrained` profile finds its weights: hub ids or local directories."""
-
-    base: str = "stabilityai/sdxl-turbo"
-    controlnet: str = "diffusers/controlnet-canny-sdxl-1.0"
-    ip_adapter: str = "h94/IP-Adapter"
-    ip_adapter_subfolder: str = "sdxl_models"
-    ip_adapter_weight: str = "ip-adapter_sdxl_vit-h.safetensors"
-    image_encoder_subfolder: str = "models/image_encoder"
-    # SDXL's own VAE overflows in fp16, so it asks to be upcast to fp32 for every decode; this
-    # re-trained one decodes in fp16 to within rounding. Empty: use the base model's VAE.
-    vae: str = "madebyollin/sdxl-vae-fp16-fix"
 
 
 @dataclass(frozen=True)

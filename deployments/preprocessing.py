@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections import OrderedDict
+import threading
 
 import numpy as np
+from cachetools import LRUCache, cached
 from PIL import Image
 
 DETECTORS = ("canny",)
@@ -21,22 +22,17 @@ class ControlMapper:
         self._canny = CannyDetector()
         self.low_threshold = low_threshold
         self.high_threshold = high_threshold
-        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self.cache_size = cache_size
-        self.hits = 0
-        self.misses = 0
+        # The preprocessor replica calls in from several threads at once: the lock guards the cache's
+        # bookkeeping, not the detector (two threads missing on one key both compute the same map).
+        self.maps = cached(LRUCache(cache_size), key=_map_key, lock=threading.Lock(), info=True)(self._map)
 
     def control_map(self, template_png: bytes, cut: str, detector: str = "canny", resolution: int = 512) -> np.ndarray:
         """Return the HxWx3 uint8 control map for `cut` at `resolution`, cached per (cut, detector, size)."""
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")
-        key = (cut, detector, resolution, hashlib.sha256(template_png).hexdigest())
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            self.hits += 1
-            return cached
-        self.misses += 1
+        return self.maps(template_png, cut, detector, resolution)
+
+    def _map(self, template_png: bytes, cut: str, detector: str, resolution: int) -> np.ndarray:
         template = Image.open(io.BytesIO(template_png)).convert("RGB")
         template = template.resize((resolution, resolution), Image.LANCZOS)
         mapped = self._canny(
@@ -48,8 +44,10 @@ class ControlMapper:
             output_type="np",
         )
         result = np.ascontiguousarray(mapped, dtype=np.uint8)
-        result.setflags(write=False)
-        self._cache[key] = result
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        result.setflags(write=False)  # shared by every caller that hits the cache
         return result
+
+
+def _map_key(template_png: bytes, cut: str, detector: str, resolution: int) -> tuple:
+    """A template's digest stands in for its bytes, so the cache does not keep every PNG it saw."""
+    return (cut, detector, resolution, hashlib.sha256(template_png).hexdigest())

@@ -16,8 +16,9 @@ import numpy as np
 from ray import serve
 
 from deployments.finishing import Finisher
-from deployments.generation import Acceleration, CutImage, CutRequest, SdxlTurboModel, read_swatch
-from deployments.model_loading import ModelSources, load_pipeline
+from deployments.generation import Acceleration, CutGenerator, CutImage, CutRequest, SdxlTurboModel
+from deployments.model_loading import load_pipeline
+from deployments.model_sources import ModelSources
 from deployments.preprocessing import ControlMapper
 from deployments.stages import CallsInFlight, bounded
 from deployments.storage import open_storage
@@ -57,18 +58,20 @@ class ControlNetPreprocessor:
     **HEALTH_CHECK,
 )
 class SdxlTurboGenerator:
-    def __init__(self, profile: str, storage: dict, sources: dict | None = None, num_inference_steps: int = 1,
-                 image_size: int = 512, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01, *,
-                 stage_timeout_s: float, fault_stall_file: str | None = None) -> None:
-        loaded = load_pipeline(profile, ModelSources(**(sources or {})))
+    def __init__(self, profile: str, storage: dict, sources: ModelSources, num_inference_steps: int, image_size: int,
+                 max_batch_size: int, batch_wait_s: float, *, stage_timeout_s: float,
+                 fault_stall_file: str | None = None) -> None:
+        loaded = load_pipeline(profile, sources)
         acceleration = Acceleration.for_device(loaded.pipeline.device, max_batch_size)
         self.model = SdxlTurboModel(loaded, num_inference_steps, acceleration=acceleration)
         # Capture every batch size's CUDA graph before the replica takes traffic: Serve routes to a
         # replica only once __init__ returns, so no request waits for a capture.
         self.model.warm_up(image_size, image_size, progress=logger.info)
-        self.storage = open_storage(storage)
+        self.generator = CutGenerator(self.model, open_storage(storage))
+        # The batch's bounds are settings (`max_batch_size`, `batch_wait_seconds`), so they are set here
+        # rather than in the decorator; the largest batch is also the largest captured graph, above.
         self.generate_batch.set_max_batch_size(max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.generate_batch.set_batch_wait_timeout_s(batch_wait_s)
         self.stage_timeout_s = stage_timeout_s
         self.model_calls = CallsInFlight("model")
         # Swatch reads get threads of their own: a storage endpoint that stops answering ties up
@@ -78,10 +81,8 @@ class SdxlTurboGenerator:
 
     # Each request reads its own swatch (outside the model's lock, concurrently), so a storage error
     # fails that cut alone; two batches in flight: while one holds the model (the GPU), the next gathers.
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
-    async def generate_batch(self, prompt: list[str], control_image: list[np.ndarray], swatch: list[bytes | None],
-                             seed: list[int]) -> list[CutImage]:
-        requests = [CutRequest(*cut) for cut in zip(prompt, control_image, swatch, seed)]
+    @serve.batch(max_concurrent_batches=2)
+    async def generate_batch(self, requests: list[CutRequest]) -> list[CutImage]:
         return await asyncio.to_thread(self.model_calls.run, self._generate, requests)
 
     def _generate(self, requests: list[CutRequest]) -> list[CutImage]:
@@ -91,15 +92,16 @@ class SdxlTurboGenerator:
 
     async def generate(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutImage:
         """One cut, bounded by the stage timeout. A swatch that is gone falls back to IP-Adapter scale 0
-        (`read_swatch`); a store that does not answer fails the call, and the runner retries the cut."""
+        (`CutGenerator.request`); a store that does not answer fails the call, and the runner retries the cut."""
         work = self._generate_one(prompt, control_image, swatch_key, seed)
         return await bounded("generate", self.stage_timeout_s, work)
 
     async def _generate_one(self, prompt: str, control_image: np.ndarray, swatch_key: str | None,
                             seed: int) -> CutImage:
         loop = asyncio.get_running_loop()
-        swatch = await loop.run_in_executor(self._reads, read_swatch, self.storage, swatch_key)
-        return await self.generate_batch(prompt, control_image, swatch, seed)
+        request = await loop.run_in_executor(self._reads, self.generator.request, prompt, control_image, swatch_key,
+                                             seed)
+        return await self.generate_batch(request)
 
     def describe(self) -> dict:
         return self.model.describe()

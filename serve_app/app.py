@@ -27,10 +27,8 @@ def build_app(args: dict | None = None) -> Application:
     timeout = settings.stage_timeout_seconds
     preprocessor = ControlNetPreprocessor.bind(timeout)
     generator = SdxlTurboGenerator.bind(
-        settings.model_profile, storage,
-        {"base": settings.base_model, "controlnet": settings.controlnet_model, "ip_adapter": settings.ip_adapter_model,
-         "vae": settings.vae_model},
-        settings.num_inference_steps, settings.image_size, stage_timeout_s=timeout,
+        settings.model_profile, storage, settings.model_sources(), settings.num_inference_steps, settings.image_size,
+        settings.max_batch_size, settings.batch_wait_seconds, stage_timeout_s=timeout,
         fault_stall_file=settings.fault_stall_file,
     )
     finisher = ImageFinisher.bind(storage, settings.watermark_text, stage_timeout_s=timeout)

@@ -1,4 +1,4 @@
-"""Thin Ray Serve wrappers for the ingress and the job runner (the logic is in api.py and runner.py)."""
+"""Thin Ray Serve wrappers for the ingress and the job runner (the logic is in the feature slices and runner.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from ray.serve.handle import DeploymentHandle
 
 from catalog.data import load_catalog
 from db.engine import make_engine, make_sessionmaker
+from deployments.rendering import RenderChain
 from deployments.storage import open_storage
 from fastapi import FastAPI
-
 from serve_app.deps import Services, ingress_sessions
-from serve_app.web import create_app
-from serve_app.renderers import ServeCutRenderer
 from serve_app.runner import JobRunner, database_connections
 from serve_app.settings import Settings
+from serve_app.web import create_app
 
 logger = logging.getLogger("ray.serve")
 
@@ -74,8 +73,8 @@ class JobRunnerDeployment:
     def __init__(self, settings: dict, database_url: str, storage: dict, preprocessor: DeploymentHandle,
                  generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
         config = Settings(**settings)
-        renderer = ServeCutRenderer(preprocessor, generator, finisher, config.control_detector, config.image_size,
-                                    config.stage_timeout_seconds)
+        renderer = RenderChain.on_serve(preprocessor, generator, finisher, config.control_detector, config.image_size,
+                                        stage_timeout_s=config.stage_timeout_seconds)
         # A connection for each of the runner's database threads, so lease renewals never wait for one.
         engine = make_engine(database_url, pool_size=database_connections(config.runner_concurrency), max_overflow=0,
                              pool_timeout=config.db_pool_timeout_seconds,

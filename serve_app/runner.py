@@ -20,7 +20,6 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
@@ -33,6 +32,7 @@ from catalog.prompts import build_prompt
 from db import jobs
 from db.catalog import find_family_and_color
 from db.models import GenerationJob
+from deployments.rendering import CutTask
 from deployments.storage import UPLOAD_PREFIX, Storage
 from serve_app.job_inputs import forget_swatch
 from serve_app.settings import Settings
@@ -48,19 +48,6 @@ DEFAULTS = Settings.model_fields  # the runner's defaults are the service's, wri
 def database_connections(concurrency: int) -> int:
     """The pool a runner needs so no thread waits for a connection: its database threads and the lease thread."""
     return concurrency + LOOP_DB_THREADS + 1
-
-
-@dataclass(frozen=True)
-class CutTask:
-    """Everything the workers need for one cut: small values and storage keys only."""
-
-    job_id: str
-    cut: str
-    prompt: str
-    template_png: bytes
-    swatch_key: str | None
-    seed: int
-    result_key: str
 
 
 class JobCanceled(Exception):

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deployments.model_sources import ModelSources
 from serve_app.ratelimit import parse_limits
 
 
@@ -39,12 +40,16 @@ class Settings(BaseSettings):
     upload_ttl_hours: float = Field(default=24, gt=0)
 
     model_profile: Literal["pretrained", "tiny-random", "full-random", "auto"] = "auto"
-    base_model: str = "stabilityai/sdxl-turbo"
-    controlnet_model: str = "diffusers/controlnet-canny-sdxl-1.0"
-    ip_adapter_model: str = "h94/IP-Adapter"
-    vae_model: str = Field(default="madebyollin/sdxl-vae-fp16-fix", description="fp16-safe VAE; empty = the base model's")
+    base_model: str = ModelSources.base
+    controlnet_model: str = ModelSources.controlnet
+    ip_adapter_model: str = ModelSources.ip_adapter
+    vae_model: str = Field(default=ModelSources.vae, description="fp16-safe VAE; empty = the base model's")
     image_size: int = Field(default=512, ge=64, le=1024, multiple_of=64)
     num_inference_steps: int = Field(default=1, ge=1, le=4)
+    max_batch_size: int = Field(default=8, ge=1, le=64, description="most cuts one generator call makes, across "
+                                "jobs; a GPU replica captures a CUDA graph for 1, 2, 4, ... up to it")
+    batch_wait_seconds: float = Field(default=0.01, ge=0, le=1, description="how long a generator batch waits for "
+                                      "more cuts before it runs")
     control_detector: Literal["canny"] = "canny"
     watermark_text: str = "SASTRE"
 
@@ -109,6 +114,11 @@ class Settings(BaseSettings):
     @property
     def storage_root(self) -> Path:
         return self.data_dir / "storage"
+
+    def model_sources(self) -> ModelSources:
+        """Where the generator loads pretrained weights from (workers do not read settings themselves)."""
+        return ModelSources(base=self.base_model, controlnet=self.controlnet_model, ip_adapter=self.ip_adapter_model,
+                            vae=self.vae_model)
 
     def storage_config(self) -> dict:
         """What a worker needs to open the same storage (workers do not read settings themselves)."""

@@ -10,6 +10,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.serve.schema import ServeDeploySchema
 
+from deployments.model_sources import ModelSources
 from serve_app.cli import LOCAL_CONFIG
 from serve_app.settings import Settings
 
@@ -58,3 +59,9 @@ def test_fault_injection_is_refused_in_production(tmp_path):
     Settings(fault_stall_file=str(tmp_path / "stall"))  # fine in a local run (tests)
     with pytest.raises(ValueError, match="refused in production"):
         Settings(environment="production", fault_stall_file=str(tmp_path / "stall"))
+
+
+def test_model_sources_default_to_the_published_weights_and_follow_the_settings(tmp_path):
+    assert Settings(data_dir=tmp_path).model_sources() == ModelSources()
+    local = Settings(data_dir=tmp_path, base_model=str(tmp_path / "turbo"), vae_model="").model_sources()
+    assert (local.base, local.vae, local.controlnet) == (str(tmp_path / "turbo"), "", ModelSources.controlnet)

@@ -16,11 +16,11 @@ from catalog.data import load_catalog
 from catalog.loader import sync_catalog
 from db import jobs
 from deployments.finishing import Finisher
-from deployments.generation import SdxlTurboModel
+from deployments.generation import CutGenerator, SdxlTurboModel
 from deployments.preprocessing import ControlMapper
+from deployments.rendering import RenderChain
 from deployments.storage import S3Storage
 from serve_app.bootstrap import put_catalog_swatches
-from serve_app.renderers import LocalCutRenderer
 from serve_app.runner import JobRunner
 from tests.storage_faults import FaultProxy, MotoServer
 
@@ -66,8 +66,8 @@ def bucket(moto, proxy, sessions):
 
 
 def _runner(sessions, database_url, model, swatches, results, cut_attempts=4) -> JobRunner:
-    renderer = LocalCutRenderer(ControlMapper(), model, Finisher(results), swatches, "canny", 64,
-                                stage_timeout_s=STAGE_TIMEOUT)
+    renderer = RenderChain.in_process(ControlMapper(), CutGenerator(model, swatches), Finisher(results), "canny", 64,
+                                      stage_timeout_s=STAGE_TIMEOUT)
     return JobRunner(sessions, database_url, load_catalog(), renderer, concurrency=2, lease_seconds=10,
                      poll_seconds=0.2, cut_attempts=cut_attempts, cut_retry_seconds=0.1)
 

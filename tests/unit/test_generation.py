@@ -252,11 +252,11 @@ def test_unreadable_swatch_falls_back_to_scale_zero_and_says_so(model, control):
 
 def test_embeddings_are_cached(model, control):
     swatch = render_swatch("#5E2430", "330W-0534")
-    hits_before = model.image_cache.hits
+    hits_before = model.image_embeddings.cache_info().hits
     model.generate([request(control, 1, swatch=swatch, prompt="cache probe")])
     model.generate([request(control, 2, swatch=swatch, prompt="cache probe")])
-    assert model.image_cache.hits == hits_before + 1
-    assert "cache probe" in model.prompt_cache
+    assert model.image_embeddings.cache_info().hits == hits_before + 1
+    assert "cache probe" in model.prompt_embeddings.cache
 
 
 def test_concurrent_callers_get_the_same_images_as_sequential_ones(model, control):
@@ -277,8 +277,22 @@ def test_control_maps_are_edges_of_the_template_and_cached():
     template = load_catalog().cut("cruzado").template_png()
     edges = mapper.control_map(template, "cruzado", "canny", 256)
     again = mapper.control_map(template, "cruzado", "canny", 256)
-    assert again is edges and mapper.hits == 1 and mapper.misses == 1
+    info = mapper.maps.cache_info()
+    assert again is edges and (info.hits, info.misses) == (1, 1)
     assert edges.shape == (256, 256, 3)
     assert set(np.unique(edges)) <= {0, 255} and 0.005 < (edges > 0).mean() < 0.3
     with pytest.raises(ValueError, match="unknown detector"):
         mapper.control_map(template, "cruzado", "hed", 256)
+
+
+def test_the_control_map_cache_evicts_the_least_recently_used_map():
+    mapper = ControlMapper(cache_size=2)
+    template = load_catalog().cut("recto").template_png()
+    first = mapper.control_map(template, "recto", "canny", 64)
+    mapper.control_map(template, "recto", "canny", 128)
+    assert mapper.control_map(template, "recto", "canny", 64) is first  # used again: now the most recent
+    mapper.control_map(template, "recto", "canny", 192)  # evicts 128, the least recently used
+    assert mapper.control_map(template, "recto", "canny", 64) is first
+    mapper.control_map(template, "recto", "canny", 128)
+    info = mapper.maps.cache_info()
+    assert (info.hits, info.misses, info.currsize) == (2, 4, 2)

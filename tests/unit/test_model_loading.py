@@ -14,7 +14,8 @@ from catalog.data import load_catalog
 from catalog.swatches import render_swatch
 from deployments.generation import CutRequest, SdxlTurboModel
 from deployments.model_configs import build_random_components
-from deployments.model_loading import ModelSources, load_pipeline
+from deployments.model_loading import load_pipeline
+from deployments.model_sources import ModelSources
 from deployments.preprocessing import ControlMapper
 from tests.renders import MAX_LEVELS, MEAN_LEVELS, assert_same_render, render_difference
 

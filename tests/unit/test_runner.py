@@ -15,11 +15,11 @@ from db import jobs
 from db.engine import make_engine, make_sessionmaker
 from db.models import GenerationJob
 from deployments.finishing import Finisher
-from deployments.generation import SdxlTurboModel
+from deployments.generation import CutGenerator, SdxlTurboModel
 from deployments.preprocessing import ControlMapper
+from deployments.rendering import RenderChain
 from deployments.storage import LocalStorage
 from serve_app.bootstrap import put_catalog_swatches
-from serve_app.renderers import LocalCutRenderer
 from serve_app.runner import JobRunner, result_key
 
 
@@ -35,7 +35,8 @@ def runner(sessions, database_url, tmp_path, model):
         sync_catalog(s, catalog)
     storage = LocalStorage(tmp_path, "http://127.0.0.1:8000/media")
     put_catalog_swatches(storage, catalog)
-    renderer = LocalCutRenderer(ControlMapper(), model, Finisher(storage), storage, "canny", 64, stage_timeout_s=60)
+    renderer = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage), "canny", 64,
+                                      stage_timeout_s=60)
     return JobRunner(sessions, database_url, catalog, renderer, concurrency=2, lease_seconds=10, poll_seconds=0.2), storage
 
 

@@ -16,13 +16,13 @@ from catalog.data import load_catalog
 from catalog.loader import sync_catalog
 from db import jobs
 from deployments.finishing import Finisher
-from deployments.generation import SdxlTurboModel
+from deployments.generation import CutGenerator, SdxlTurboModel
 from deployments.preprocessing import ControlMapper
+from deployments.rendering import RenderChain
 from deployments.storage import LocalStorage
 from serve_app.deps import Services
 from serve_app.admin.auth.service import create_user, issue_token
 from serve_app.bootstrap import put_catalog_swatches
-from serve_app.renderers import LocalCutRenderer
 from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from tests.unit.test_api import call
@@ -48,7 +48,8 @@ def service(sessions, database_url, tmp_path, model):
     put_catalog_swatches(storage, catalog)
     settings = Settings(data_dir=tmp_path, upload_ttl_hours=TTL_SECONDS / 3600)
     services = Services(settings=settings, sessions=sessions, storage=storage, catalog=catalog, jwt_secret=SECRET)
-    renderer = LocalCutRenderer(ControlMapper(), model, Finisher(storage), storage, "canny", 64, stage_timeout_s=60)
+    renderer = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage), "canny", 64,
+                                      stage_timeout_s=60)
     runner = JobRunner(sessions, database_url, catalog, renderer, concurrency=2, lease_seconds=10, poll_seconds=0.2,
                        storage=storage, upload_ttl_seconds=settings.upload_ttl_hours * 3600, cut_attempts=1)
     return services, runner, storage, token

@@ -1,0 +1,134 @@
+"""One cut's render chain, preprocess → generate → finish, written once and reached two ways.
+
+`RenderChain` says what each stage takes (from the cut's task and from the stage before) and returns
+the finisher's result; its stages say how a stage is reached:
+
+- `ServeStages`, the worker deployments (the JobRunner's path). Each stage's `DeploymentResponse` goes
+  straight into the next call, so the generated pixels travel from the generator replica to the
+  finisher replica without a detour through the runner; only the small result dict comes back. Each
+  replica bounds its own stage by the stage timeout; the chain as a whole is bounded by the three
+  stages' sum, which also covers a request that waits for a replica (a cold start) or a replica that
+  stopped answering altogether. On a failure or a timeout, whatever is still in flight is cancelled.
+- `InProcessStages`, the plain classes in this process, for tests and tools (the latency benchmark's
+  baseline) that run without Ray: each stage on a worker thread, bounded by the stage timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from deployments.stages import bounded
+
+if TYPE_CHECKING:  # the runner's replica reaches the stages through handles and never loads torch
+    from deployments.finishing import Finisher
+    from deployments.generation import CutGenerator
+    from deployments.preprocessing import ControlMapper
+
+STAGES = ("preprocess", "generate", "finish")
+
+# `await send(stage, *args)`: the stage's result, or (on Serve) its response, to pass on to the next stage.
+Send = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class CutTask:
+    """Everything the workers need for one cut: small values and storage keys only."""
+
+    job_id: str
+    cut: str
+    prompt: str
+    template_png: bytes
+    swatch_key: str | None
+    seed: int
+    result_key: str
+
+
+class Stages(Protocol):
+    async def run(self, chain: Callable[[Send], Awaitable[Any]]) -> dict:
+        """Run `chain`, giving it the `send` that reaches these stages; return the finisher's result."""
+
+
+class RenderChain:
+    """Produces, watermarks and stores one cut; the same wiring whichever way the stages are reached."""
+
+    def __init__(self, stages: Stages, detector: str, resolution: int) -> None:
+        self.stages = stages
+        self.detector = detector
+        self.resolution = resolution
+
+    @classmethod
+    def on_serve(cls, preprocessor: DeploymentHandle, generator: DeploymentHandle, finisher: DeploymentHandle,
+                 detector: str, resolution: int, *, stage_timeout_s: float) -> RenderChain:
+        stages = ServeStages(preprocessor.control_map, generator.generate, finisher.finish, stage_timeout_s)
+        return cls(stages, detector, resolution)
+
+    @classmethod
+    def in_process(cls, mapper: ControlMapper, generator: CutGenerator, finisher: Finisher, detector: str,
+                   resolution: int, *, stage_timeout_s: float) -> RenderChain:
+        stages = InProcessStages(mapper.control_map, generator.generate, finisher.finish, stage_timeout_s)
+        return cls(stages, detector, resolution)
+
+    async def render(self, task: CutTask) -> dict:
+        """Produce, watermark and store one cut; returns {url, key, seed, ip_adapter_fallback}."""
+        return await self.stages.run(partial(self._chain, task))
+
+    async def _chain(self, task: CutTask, send: Send) -> Any:
+        control = await send("preprocess", task.template_png, task.cut, self.detector, self.resolution)
+        image = await send("generate", task.prompt, control, task.swatch_key, task.seed)
+        return await send("finish", image, task.result_key)
+
+
+class ServeStages:
+    """The stages as deployment methods: `ControlNetPreprocessor.control_map`, `SdxlTurboGenerator.generate`,
+    `Finisher.finish`. Sending a stage starts it and hands back its response at once."""
+
+    def __init__(self, preprocess: DeploymentHandle, generate: DeploymentHandle, finish: DeploymentHandle,
+                 stage_timeout_s: float) -> None:
+        self.methods = dict(zip(STAGES, (preprocess, generate, finish)))
+        self.stage_timeout_s = stage_timeout_s
+
+    async def run(self, chain: Callable[[Send], Awaitable[DeploymentResponse]]) -> dict:
+        sent: list[DeploymentResponse] = []
+
+        async def send(stage: str, *args: Any) -> DeploymentResponse:
+            sent.append(self.methods[stage].remote(*args))
+            return sent[-1]
+
+        finished = await chain(send)
+        try:
+            return await bounded(", ".join(STAGES), len(STAGES) * self.stage_timeout_s, finished)
+        except RayTaskError as exc:
+            raise _cause(exc) from None
+        except BaseException:  # timed out, or the runner gave the job up: stop what is still in flight
+            for response in sent:
+                response.cancel()
+            raise
+
+
+class InProcessStages:
+    """The stages as plain callables, each run on a worker thread so the event loop stays free."""
+
+    def __init__(self, preprocess: Callable[..., Any], generate: Callable[..., Any], finish: Callable[..., dict],
+                 stage_timeout_s: float) -> None:
+        self.calls = dict(zip(STAGES, (preprocess, generate, finish)))
+        self.stage_timeout_s = stage_timeout_s
+
+    async def run(self, chain: Callable[[Send], Awaitable[dict]]) -> dict:
+        async def send(stage: str, *args: Any) -> Any:
+            return await bounded(stage, self.stage_timeout_s, asyncio.to_thread(self.calls[stage], *args))
+
+        return await chain(send)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The exception a replica raised, without Ray's wrapper (whose text is a remote traceback)."""
+    while isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+        exc = exc.cause
+    return exc

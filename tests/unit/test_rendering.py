@@ -1,0 +1,102 @@
+"""The render chain, in-process: the wiring every path uses (the runner on Serve, the tests, the benchmark).
+
+The real plain classes (tiny-random model on the CPU, Canny, the finisher) and local storage. The Serve
+stages send the same arguments through deployment handles; tests/integration exercises them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from catalog.data import load_catalog
+from catalog.swatches import render_swatch
+from deployments.finishing import Finisher
+from deployments.generation import CutGenerator, CutRequest, SdxlTurboModel
+from deployments.preprocessing import ControlMapper
+from deployments.rendering import CutTask, RenderChain
+from deployments.stages import StageTimeout
+from deployments.storage import LocalStorage
+from tests.renders import assert_same_render
+
+SWATCH_KEY = "swatches/330W-0534.png"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def model() -> SdxlTurboModel:
+    return SdxlTurboModel.from_profile("tiny-random", device="cpu")
+
+
+@pytest.fixture
+def storage(tmp_path) -> LocalStorage:
+    storage = LocalStorage(tmp_path, "http://127.0.0.1:8000/media")
+    storage.put(SWATCH_KEY, render_swatch("#5E2430", "330W-0534"), "image/png")
+    return storage
+
+
+def _task(seed: int, swatch_key: str | None = SWATCH_KEY, cut: str = "cruzado") -> CutTask:
+    template = load_catalog().cut(cut).template_png()
+    return CutTask(job_id="job-1", cut=cut, prompt="a burgundy double-breasted suit", template_png=template,
+                   swatch_key=swatch_key, seed=seed, result_key=f"generated/test/{seed}/{cut}.jpg")
+
+
+def _stored_pixels(storage: LocalStorage, key: str) -> np.ndarray:
+    with Image.open(io.BytesIO(storage.get(key))) as image:
+        assert image.format == "JPEG"
+        return np.asarray(image.convert("RGB"))
+
+
+def test_a_cut_through_the_chain_is_the_model_s_image_for_its_inputs_finished_and_stored(model, storage):
+    mapper, finisher = ControlMapper(), Finisher(storage)
+    chain = RenderChain.in_process(mapper, CutGenerator(model, storage), finisher, "canny", SIZE, stage_timeout_s=60)
+    task = _task(seed=11)
+
+    result = asyncio.run(chain.render(task))
+
+    assert result == {"url": storage.url_for(task.result_key), "key": task.result_key, "seed": 11,
+                      "ip_adapter_fallback": False}
+    control = mapper.control_map(task.template_png, task.cut, "canny", SIZE)
+    [direct] = model.generate([CutRequest(task.prompt, control, storage.get(SWATCH_KEY), 11)])
+    expected = np.asarray(Image.open(io.BytesIO(finisher.encode(direct.pixels))).convert("RGB"))
+    stored = _stored_pixels(storage, task.result_key)
+    assert stored.shape == (SIZE, SIZE, 3)
+    assert_same_render(stored, expected)
+
+
+def test_the_chain_passes_each_cut_its_own_seed_and_template(model, storage):
+    chain = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage), "canny", SIZE,
+                                   stage_timeout_s=60)
+
+    async def both() -> list[dict]:
+        return await asyncio.gather(chain.render(_task(seed=1)), chain.render(_task(seed=2)),
+                                    chain.render(_task(seed=1, cut="recto")))
+
+    one, two, recto = (_stored_pixels(storage, r["key"]) for r in asyncio.run(both()))
+    assert np.abs(one.astype(int) - two).mean() > 5  # seeds differ
+    assert np.abs(one.astype(int) - recto).mean() > 5  # templates differ
+
+
+def test_a_swatch_that_is_gone_renders_at_ip_adapter_scale_zero_and_says_so(model, storage):
+    generator = CutGenerator(model, storage)
+    chain = RenderChain.in_process(ControlMapper(), generator, Finisher(storage), "canny", SIZE, stage_timeout_s=60)
+
+    gone = asyncio.run(chain.render(_task(seed=5, swatch_key="swatches/deleted.png")))
+    none = asyncio.run(chain.render(_task(seed=5, swatch_key=None)))
+
+    assert gone["ip_adapter_fallback"] and none["ip_adapter_fallback"]
+    assert generator.request("p", np.zeros((SIZE, SIZE, 3), np.uint8), "swatches/deleted.png", 5).swatch is None
+    assert generator.request("p", np.zeros((SIZE, SIZE, 3), np.uint8), SWATCH_KEY, 5).swatch == storage.get(SWATCH_KEY)
+    assert np.array_equal(_stored_pixels(storage, gone["key"]), _stored_pixels(storage, none["key"]))
+
+
+def test_a_stage_past_its_timeout_fails_the_render_naming_the_stage(model, storage):
+    """A control map of the full-size template at 1024 px takes far longer than the 1 ms bound."""
+    chain = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage), "canny", 1024,
+                                   stage_timeout_s=0.001)
+    with pytest.raises(StageTimeout, match="preprocess did not finish within 0.001 s"):
+        asyncio.run(chain.render(_task(seed=3)))
