@@ -17,7 +17,7 @@ ifeq ($(ISOLATE),yes)
 IN_LOOPBACK_NETNS := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 endif
 
-.PHONY: install browser run test bench bench-api bench-gpu gpu-wheels stop-db clean
+.PHONY: install browser run test bench bench-preview bench-api bench-gpu gpu-wheels stop-db clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ test: install browser
 
 bench: install
 	$(IN_LOOPBACK_NETNS) $(PY) bench/e2e_latency.py $(BENCH_ARGS)
+
+bench-preview: install
+	$(PY) bench/preview.py $(BENCH_ARGS)
 
 bench-api: install
 	$(IN_LOOPBACK_NETNS) $(PY) bench/api_load.py $(BENCH_ARGS)

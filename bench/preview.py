@@ -110,7 +110,7 @@ def main() -> None:
         if kind == "photo":
             photo_decode.append(decoded)
             photo_cold.append(cold[-1])
-    assert renderer.tiles.misses == len(samples) and renderer.previews.hits == len(samples)
+    assert renderer.tiles.cache_info().misses == len(samples) and renderer.previews.cache_info().hits == len(samples)
 
     ms = 1e3
     rows = [

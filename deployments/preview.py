@@ -20,11 +20,10 @@ import io
 import json
 import math
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Generic, Hashable, TypeVar
 
 import numpy as np
+from cachetools import LRUCache, cached
 from PIL import Image, ImageFilter
 
 LEGEND_KEY = "sastre-regions"  # the regions PNG's text chunk naming each label (catalog/templates.py)
@@ -36,8 +35,6 @@ BACKGROUND = (247, 246, 243)  # a light studio backdrop
 SHIRT = (242, 242, 240)
 BUTTON = (52, 40, 33)  # dark horn, which sits well on every cloth in the catalog
 JPEG_QUALITY = 88
-
-V = TypeVar("V")
 
 
 class UnreadableSwatch(ValueError):
@@ -73,38 +70,6 @@ class PreparedTemplate:
     def mask(self, *names: str) -> np.ndarray:
         """Where the named regions are, as a boolean image (tests and callers read regions by name)."""
         return np.isin(self.labels, [self.names.index(n) for n in names])
-
-
-class _Lru(Generic[V]):
-    """A bounded, thread-safe least-recently-used map: the ingress calls from several threads."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[Hashable, V] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: Hashable) -> V | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: Hashable, value: V) -> V:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return value
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def tile_size(size: int) -> int:
@@ -199,32 +164,32 @@ class PreviewRenderer:
 
     def __init__(self, cache_size: int = 256, tile_cache_size: int = 256, template_cache_size: int = 8) -> None:
         """Bounds in entries: a preview is ~30 KB of JPEG, a 512 px tile ~50 KB, a prepared 512 px template
-        ~8 MB (so callers should allow only a few sizes)."""
-        self.previews: _Lru[bytes] = _Lru(cache_size)
-        self.tiles: _Lru[np.ndarray] = _Lru(tile_cache_size)
-        self.templates: _Lru[PreparedTemplate] = _Lru(template_cache_size)
+        ~8 MB (so callers should allow only a few sizes). Each cache reports `cache_info()`."""
+        self.previews = cached(LRUCache(cache_size), key=lambda digest, swatch, template, size: (digest, template.cut, size),
+                               lock=threading.Lock(), info=True)(self._render)
+        self.tiles = cached(LRUCache(tile_cache_size), key=lambda digest, swatch, tile: (digest, tile),
+                            lock=threading.Lock(), info=True)(lambda digest, swatch, tile: decode_tile(swatch, tile))
+        self.templates = cached(LRUCache(template_cache_size), key=_template_key, lock=threading.Lock(),
+                                info=True)(prepare_template)
 
     def template(self, template: CutTemplate, size: int = 512) -> PreparedTemplate:
         """The template prepared at `size`, cached per (cut, size, template content)."""
-        key = (template.cut, size, hashlib.sha256(template.regions_png + template.shading_png).digest())
-        return self.templates.get(key) or self.templates.put(key, prepare_template(template, size))
+        return self.templates(template, size)
 
     def render(self, swatch: bytes, template: CutTemplate, size: int = 512) -> bytes:
         """The preview JPEG of `template`'s cut in `swatch`'s cloth, `size` x `size` pixels.
 
         Raises `UnreadableSwatch` for bytes that are not a JPEG, PNG or WebP image.
         """
-        digest = hashlib.sha256(swatch).digest()
-        key = (digest, template.cut, size)
-        cached = self.previews.get(key)
-        if cached is not None:
-            return cached
+        return self.previews(hashlib.sha256(swatch).digest(), swatch, template, size)
+
+    def _render(self, digest: bytes, swatch: bytes, template: CutTemplate, size: int) -> bytes:
         prepared = self.template(template, size)
-        tile_key = (digest, prepared.tile_size)
-        tile = self.tiles.get(tile_key)
-        if tile is None:
-            tile = self.tiles.put(tile_key, decode_tile(swatch, prepared.tile_size))
-        return self.previews.put(key, compose(tile, prepared))
+        return compose(self.tiles(digest, swatch, prepared.tile_size), prepared)
+
+
+def _template_key(template: CutTemplate, size: int) -> tuple:
+    return template.cut, size, hashlib.sha256(template.regions_png + template.shading_png).digest()
 
 
 def compose(tile: np.ndarray, prepared: PreparedTemplate) -> bytes:

@@ -110,16 +110,16 @@ def test_the_cache_answers_by_swatch_content_cut_and_size(templates):
     swatch = render_swatch(*NAVY)
     first = renderer.render(swatch, templates["recto"])
     again = renderer.render(bytes(swatch), templates["recto"])  # equal content, another object
-    assert again is first and renderer.previews.hits == 1
+    assert again is first and renderer.previews.cache_info().hits == 1
     smaller = renderer.render(swatch, templates["recto"], 256)
     other_cut = renderer.render(swatch, templates["cruzado"])
     assert smaller != first and Image.open(io.BytesIO(smaller)).size == (256, 256)
     assert other_cut != first
-    assert renderer.tiles.hits == 1  # the cruzado preview reused the recto's 512 px tile
+    assert renderer.tiles.cache_info().hits == 1  # the cruzado preview reused the recto's 512 px tile
     for code in ("A", "B", "C", "D"):  # four new swatches push the first preview out of a 4-entry cache
         renderer.render(render_swatch(NAVY[0], code), templates["recto"])
-    assert len(renderer.previews) == 4
-    assert renderer.render(swatch, templates["recto"]) == first and renderer.previews.misses == 8
+    assert renderer.previews.cache_info().currsize == 4
+    assert renderer.render(swatch, templates["recto"]) == first and renderer.previews.cache_info().misses == 8
 
 
 def test_jpeg_png_and_webp_swatches_are_read_and_anything_else_is_refused(renderer, templates):
