@@ -7,7 +7,7 @@ Routes reach everything through these, so the same app runs under Ray Serve (an 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Awaitable, Callable
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer
@@ -21,6 +21,9 @@ from serve_app.backpressure import BacklogGate
 from serve_app.ratelimit import RateLimits
 from serve_app.settings import Settings
 
+if TYPE_CHECKING:
+    from serve_app.generation.events import JobEvents
+
 
 @dataclass
 class Services:
@@ -33,6 +36,7 @@ class Services:
     backlog: BacklogGate | None = None
     jwt_secret: str | None = None  # admin routes answer 401 to everything without one
     rate_limits: RateLimits | None = None
+    events: JobEvents | None = None  # the job event hub; create_app makes one from `sessions` if absent
 
     def __post_init__(self) -> None:
         if self.backlog is None:

@@ -5,6 +5,9 @@ One factory for every process that serves HTTP: an Ingress replica, or plain uvi
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,6 +22,7 @@ from serve_app.catalog import routes as catalog
 from serve_app.deps import Services
 from serve_app.errors import add_error_handlers
 from serve_app.generation import routes as generation
+from serve_app.generation.events import JobEvents
 from serve_app.health import routes as health
 from serve_app.settings import Settings
 from serve_app.uploads import routes as uploads
@@ -27,12 +31,21 @@ FEATURES = (catalog, generation, uploads, health, admin_auth, admin_fabrics, adm
 
 
 def create_app(services: Services) -> FastAPI:
+    if services.events is None:
+        services.events = JobEvents.for_services(services)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await services.events.close()
+
     app = FastAPI(
         title="Sastre",
         version="0.1.0",
-        description="Renders tailored suits from fabric swatches. Create a job with POST /generate, then poll "
-                    "GET /jobs/{job_id} (every ~2 s) until it is completed. Admin routes need a bearer token "
-                    "from POST /admin/login.",
+        description="Renders tailored suits from fabric swatches. Create a job with POST /generate, then follow "
+                    "GET /jobs/{job_id}/events (server-sent events) or poll GET /jobs/{job_id} (every ~2 s) until "
+                    "it is completed. Admin routes need a bearer token from POST /admin/login.",
+        lifespan=lifespan,
     )
     app.state.services = services
     for feature in FEATURES:
@@ -50,8 +63,8 @@ class RouteThreads:
     """Keeps the threads that run sync route code (AnyIO's default limiter) at `ingress_threads`, the
     size of the database pool, so no route waits for a connection.
 
-    Ray Serve sets that limiter to the deployment's `max_ongoing_requests` (200 for the ingress) when a
-    replica starts or is reconfigured: left so, 200 threads would share the pool. Requests beyond the
+    Ray Serve sets that limiter to the deployment's `max_ongoing_requests` (1000 for the ingress) when a
+    replica starts or is reconfigured: left so, 1000 threads would share the pool. Requests beyond the
     threads wait for one in the replica, as they would in Serve's queue.
     """
 
