@@ -36,7 +36,7 @@ class Services:
     backlog: BacklogGate | None = None
     jwt_secret: str | None = None  # admin routes answer 401 to everything without one
     rate_limits: RateLimits | None = None
-    events: JobEvents | None = None  # the job event hub; create_app makes one from `sessions` if absent
+    events: JobEvents | None = None  # the job event hub; the first event stream makes one from `sessions`
 
     def __post_init__(self) -> None:
         if self.backlog is None:

@@ -22,7 +22,6 @@ from serve_app.catalog import routes as catalog
 from serve_app.deps import Services
 from serve_app.errors import add_error_handlers
 from serve_app.generation import routes as generation
-from serve_app.generation.events import JobEvents
 from serve_app.health import routes as health
 from serve_app.settings import Settings
 from serve_app.uploads import routes as uploads
@@ -31,13 +30,11 @@ FEATURES = (catalog, generation, uploads, health, admin_auth, admin_fabrics, adm
 
 
 def create_app(services: Services) -> FastAPI:
-    if services.events is None:
-        services.events = JobEvents.for_services(services)
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        await services.events.close()
+        if app.state.services.events is not None:  # the job event hub, made by the first stream
+            await app.state.services.events.close()
 
     app = FastAPI(
         title="Sastre",

@@ -7,8 +7,8 @@ that job, and the snapshot it gives goes to every stream of the job. So an open 
 database connection nor a thread: a thousand streams are a thousand queues, one LISTEN connection and
 one reader connection, both the hub's own (the route pool is never touched).
 
-- Reads are batched: whatever was asked for while a read ran (notifications, new streams) is served
-  by the next one, a single `SELECT … WHERE job_id IN (…)` on the hub's own thread and connection.
+- Reads run on the hub's own thread and connection. Notified reads are batched: whatever was notified
+  while a read ran is served by the next one, a single `SELECT … WHERE job_id IN (…)`.
 - A snapshot's version is the row's `updated_at` in epoch microseconds, which every visible write moves
   strictly forward (`jobs._touched`). A stream sends a snapshot only when it is newer than the last one
   it sent, or than the client's `Last-Event-ID`: repeated and overtaken reads are dropped, order holds.
@@ -86,7 +86,6 @@ class Watch:
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.started = False  # has had its first snapshot
 
 
 class JobEvents:
@@ -128,24 +127,27 @@ class JobEvents:
     async def watch(self, job_id: str) -> tuple[Watch, Snapshot] | None:
         """Follow a job: its current state, and a queue of its later states. None for an unknown job.
 
-        The watch is registered before the first read, so no change can fall between the two.
-        Raises the database's error when the first read fails (the route answers 503).
+        The watch is registered before the first read, so a change committed after that read reaches
+        it; the listener starts only for a job that exists, and re-reads every watched job once it is
+        listening, which covers the moment before. Raises the database's error when the first read
+        fails (the route answers 503).
         """
-        self._start()
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # First use, or a new event loop (a process that runs one loop per call): start afresh there.
+            self._watches, self._pending, self._wanted, self._tasks, self._loop = {}, set(), asyncio.Event(), [], loop
         watch = Watch(job_id)
         self._watches.setdefault(job_id, set()).add(watch)
-        self._want([job_id])
         try:
-            first = await watch.queue.get()
+            first = (await loop.run_in_executor(self._thread, self._read, [job_id])).get(job_id)
         except BaseException:
             self.unwatch(watch)
             raise
-        if first is MISSING or isinstance(first, BaseException):
+        if first is None:
             self.unwatch(watch)
-            if first is MISSING:
-                return None
-            raise first
-        watch.started = True
+            return None
+        if not self._tasks:
+            self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._listen_loop())]
         return watch, first
 
     def unwatch(self, watch: Watch) -> None:
@@ -163,22 +165,13 @@ class JobEvents:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._sessions.kw["bind"].dispose()
 
-    def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is loop and self._tasks:
-            return
-        # First use, or a new event loop (a process that runs one loop per call): start afresh there.
-        self._watches, self._pending, self._wanted, self._loop = {}, set(), asyncio.Event(), loop
-        self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._listen_loop())]
-
     def _want(self, job_ids: Iterable[str]) -> None:
         self._pending.update(job_ids)
         self._wanted.set()
 
-    def _deliver(self, job_id: str, item, *, waiting_only: bool = False) -> None:
+    def _deliver(self, job_id: str, item) -> None:
         for watch in list(self._watches.get(job_id, ())):
-            if not (waiting_only and watch.started):
-                watch.queue.put_nowait(item)
+            watch.queue.put_nowait(item)
 
     # -- the reader ----------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
@@ -196,9 +189,7 @@ class JobEvents:
             except Exception as exc:
                 logger.warning("reading %d watched jobs failed (%s); retrying in %.1f s", len(wanted),
                                type(exc).__name__, delay)
-                for job_id in wanted:  # a stream still opening answers 503; open ones wait for the retry
-                    self._deliver(job_id, exc, waiting_only=True)
-                self._pending |= wanted
+                self._pending |= wanted  # the streams wait (sending keep-alives) for the retry
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 self._wanted.set()
@@ -269,6 +260,8 @@ def last_seen(last_event_id: str | None) -> int | None:
 async def open_stream(services: Services, job_id: str, last_event_id: str | None) -> Response:
     """The response of GET /jobs/{id}/events: 404 for an unknown job, 204 when the client already has the
     job's final state (an EventSource stops reconnecting), else the stream."""
+    if services.events is None:
+        services.events = JobEvents.for_services(services)
     events: JobEvents = services.events
     watched = await events.watch(job_id)
     if watched is None:

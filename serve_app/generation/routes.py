@@ -43,7 +43,7 @@ def get_job(job_id: str, services: ServicesDep) -> JSONResponse:
     return JSONResponse(job_out(find_job(services, job_id), services.storage).model_dump(mode="json"))
 
 
-@router.get("/jobs/{job_id}/events", response_class=EventStreamResponse,
+@router.get("/jobs/{job_id}/events", response_class=EventStreamResponse, status_code=200,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`event: job`, `id: <version>`, `data: <the body of GET /jobs/{job_id}>` "
                                             "at once and on every change; `: keep-alive` comments while idle; "
