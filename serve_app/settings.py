@@ -91,9 +91,9 @@ class Settings(BaseSettings):
 
     events_keepalive_seconds: float = Field(default=15.0, gt=0, description="an idle event stream "
                                             "(GET /jobs/{id}/events) sends a `: keep-alive` comment this often")
-    events_stream_seconds: float = Field(default=25.0, gt=0, description="an event stream closes after this "
+    events_stream_seconds: float = Field(default=300.0, gt=0, description="an event stream closes after this "
                                          "long; the client resumes with Last-Event-ID (EventSource does so by "
-                                         "itself). Keep it under the proxy's request_timeout_s (30 s in production)")
+                                         "itself). Keep it under the proxy's request_timeout_s, if one is set")
 
     @field_validator("rate_limit_generate", "rate_limit_upload")
     @classmethod
