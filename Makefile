@@ -17,7 +17,7 @@ ifeq ($(ISOLATE),yes)
 IN_LOOPBACK_NETNS := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 endif
 
-.PHONY: install browser run test bench bench-preview bench-api bench-gpu gpu-wheels stop-db clean
+.PHONY: install browser run test bench bench-preview bench-api bench-events bench-gpu gpu-wheels stop-db clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-preview: install
 
 bench-api: install
 	$(IN_LOOPBACK_NETNS) $(PY) bench/api_load.py $(BENCH_ARGS)
+
+# Live progress: requests per job with server-sent events vs 2 s polling; p99 of polling with 200 streams open.
+bench-events: install
+	$(IN_LOOPBACK_NETNS) $(PY) bench/job_events.py $(BENCH_ARGS)
 
 # The generator against plain diffusers on this machine's GPU (tiny-random on the CPU).
 bench-gpu: install

@@ -5,7 +5,13 @@ The semantics follow the well-known Postgres queues (procrastinate, River): a ro
 fresh `lease_token`, and every write of that attempt (progress, renewal, complete, fail, cancel,
 release) is fenced on its `Lease`: once the lease lapsed and the job was re-queued, a stale attempt's
 writes change nothing, even when the same runner has claimed the job again. An expired lease puts the
-job back with backoff (or fails it once its attempts are spent). `NOTIFY` only wakes runners.
+job back with backoff (or fails it once its attempts are spent). `NOTIFY` on `NOTIFY_CHANNEL` only wakes
+runners.
+
+Every write a client can see (claim, cut progress, complete, fail, cancel, retry, release, rescue) bumps
+`updated_at` strictly (the row's event version: never equal, never backwards, even when two
+transactions race on one row) and sends the job id on `EVENTS_CHANNEL` in the same transaction, so a
+change is announced exactly when it commits. The event streams listen there; runners never do.
 
 Every state change of a job is a function here; functions take a Session and never commit: the caller
 owns the transaction (`with maker.begin()`).
@@ -24,7 +30,8 @@ from sqlalchemy.sql import bindparam, cast
 
 from db.models import GenerationJob
 
-NOTIFY_CHANNEL = "sastre_jobs"
+NOTIFY_CHANNEL = "sastre_jobs"  # a job is due: wakes the runners
+EVENTS_CHANNEL = "sastre_job_events"  # a job's visible state changed: wakes its event streams
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,24 @@ def _held(lease: Lease):
 
 def _seconds(value: float):
     return func.make_interval(0, 0, 0, 0, 0, 0, value)
+
+
+def _touched():
+    """The new `updated_at` of a visible write: the wall clock, but always past the row's last version.
+
+    `now()` is the transaction's start, so a transaction that began earlier but waited for the row lock
+    would move the version backwards; `clock_timestamp()` after the lock, floored at the previous value
+    plus 1 µs (READ COMMITTED re-reads the row it waited for), keeps it strictly increasing per job.
+    """
+    return func.greatest(func.clock_timestamp(), GenerationJob.updated_at + _seconds(0.000001))
+
+
+def announce(session: Session, job_ids) -> None:
+    """Tell the event streams these jobs changed (delivered at commit; Postgres folds repeats)."""
+    job_ids = list(job_ids)
+    if job_ids:
+        session.execute(text("SELECT pg_notify(:channel, job_id) FROM unnest(CAST(:job_ids AS text[])) AS job_id"),
+                        {"channel": EVENTS_CHANNEL, "job_ids": job_ids})
 
 
 def create_job(
@@ -89,6 +114,11 @@ def get_job(session: Session, job_id: str) -> GenerationJob | None:
     return session.scalars(select(GenerationJob).where(GenerationJob.job_id == job_id)).one_or_none()
 
 
+def get_jobs(session: Session, job_ids) -> list[GenerationJob]:
+    """Several jobs in one round trip (unknown ids are simply absent)."""
+    return list(session.scalars(select(GenerationJob).where(GenerationJob.job_id.in_(list(job_ids)))))
+
+
 def find_by_idempotency_key(session: Session, key: str) -> GenerationJob | None:
     return session.scalars(select(GenerationJob).where(GenerationJob.idempotency_key == key)).one_or_none()
 
@@ -116,15 +146,17 @@ def request_cancel(session: Session, job_id: str) -> str | None:
     boundary), "final" (already finished: nothing to cancel), or None for an unknown job."""
     done = session.execute(
         update(GenerationJob).where(GenerationJob.job_id == job_id, GenerationJob.status == "pending")
-        .values(status="canceled", cancel_requested=True, completed_at=func.now(), updated_at=func.now())
+        .values(status="canceled", cancel_requested=True, completed_at=func.now(), updated_at=_touched())
     )
     if done.rowcount:
+        announce(session, [job_id])
         return "canceled"
     flagged = session.execute(
         update(GenerationJob).where(GenerationJob.job_id == job_id, GenerationJob.status == "processing")
-        .values(cancel_requested=True, updated_at=func.now())
+        .values(cancel_requested=True, updated_at=_touched())
     )
     if flagged.rowcount:
+        announce(session, [job_id])
         return "requested"
     return "final" if get_job(session, job_id) is not None else None
 
@@ -137,10 +169,16 @@ def mark_canceled(session: Session, lease: Lease) -> bool:
     result = session.execute(
         update(GenerationJob)
         .where(*_held(lease))
-        .values(status="canceled", completed_at=func.now(), updated_at=func.now(), lease_owner=None,
+        .values(status="canceled", completed_at=func.now(), updated_at=_touched(), lease_owner=None,
                 lease_token=None, lease_expires_at=None)
     )
-    return result.rowcount == 1
+    return _announced(session, lease, result.rowcount == 1)
+
+
+def _announced(session: Session, lease: Lease, written: bool) -> bool:
+    if written:
+        announce(session, [lease.job_id])
+    return written
 
 
 def _tokens(leases: list[Lease]):
@@ -155,11 +193,12 @@ def release_jobs(session: Session, leases: list[Lease]) -> list[str]:
         update(GenerationJob)
         .where(_tokens(leases), GenerationJob.status == "processing")
         .values(status="pending", attempts=GenerationJob.attempts - 1, lease_owner=None, lease_token=None,
-                lease_expires_at=None, next_attempt_at=func.now(), updated_at=func.now())
+                lease_expires_at=None, next_attempt_at=func.now(), updated_at=_touched())
         .returning(GenerationJob.job_id)
     ))
     for job_id in released:
         notify(session, job_id)
+    announce(session, released)
     return released
 
 
@@ -190,12 +229,13 @@ def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float,
             lease_token=func.gen_random_uuid().cast(String),
             lease_expires_at=func.now() + _seconds(lease_seconds),
             started_at=func.coalesce(GenerationJob.started_at, func.now()),
-            updated_at=func.now(),
+            updated_at=_touched(),
             error_message=None,
         )
         .returning(GenerationJob)
         .execution_options(synchronize_session=False)
     ).all()
+    announce(session, [job.job_id for job in claimed])
     return sorted(claimed, key=lambda job: (job.created_at, job.id))
 
 
@@ -219,30 +259,30 @@ def record_cut(session: Session, lease: Lease, cut: str, progress: dict) -> bool
         .where(*_held(lease))
         .values(
             cut_progress=func.jsonb_set(GenerationJob.cut_progress, [cut], cast(bindparam("entry", progress, type_=JSONB), JSONB)),
-            updated_at=func.now(),
+            updated_at=_touched(),
         )
     )
-    return result.rowcount == 1
+    return _announced(session, lease, result.rowcount == 1)
 
 
 def complete_job(session: Session, lease: Lease, result_urls: list[str]) -> bool:
     result = session.execute(
         update(GenerationJob)
         .where(*_held(lease))
-        .values(status="completed", result_urls=result_urls, completed_at=func.now(), updated_at=func.now(),
+        .values(status="completed", result_urls=result_urls, completed_at=func.now(), updated_at=_touched(),
                 lease_owner=None, lease_token=None, lease_expires_at=None, error_message=None)
     )
-    return result.rowcount == 1
+    return _announced(session, lease, result.rowcount == 1)
 
 
 def fail_job(session: Session, lease: Lease, error: str) -> bool:
     result = session.execute(
         update(GenerationJob)
         .where(*_held(lease))
-        .values(status="failed", error_message=error[:2000], completed_at=func.now(), updated_at=func.now(),
+        .values(status="failed", error_message=error[:2000], completed_at=func.now(), updated_at=_touched(),
                 lease_owner=None, lease_token=None, lease_expires_at=None)
     )
-    return result.rowcount == 1
+    return _announced(session, lease, result.rowcount == 1)
 
 
 def release_expired_leases(session: Session, backoff_seconds: float = 2.0,
@@ -270,10 +310,11 @@ def release_expired_leases(session: Session, backoff_seconds: float = 2.0,
             lease_owner=None,
             lease_token=None,
             lease_expires_at=None,
-            updated_at=func.now(),
+            updated_at=_touched(),
         )
         .returning(GenerationJob.job_id, GenerationJob.status)
     ).all()
+    announce(session, [job_id for job_id, _ in rows])
     return [(job_id, status) for job_id, status in rows]
 
 
@@ -283,10 +324,11 @@ def retry_failed_job(session: Session, job_id: str) -> str | None:
     retried = session.execute(
         update(GenerationJob).where(GenerationJob.job_id == job_id, GenerationJob.status == "failed")
         .values(status="pending", attempts=0, error_message=None, completed_at=None, cancel_requested=False,
-                next_attempt_at=func.now(), updated_at=func.now())
+                next_attempt_at=func.now(), updated_at=_touched())
     ).rowcount
     if retried:
         notify(session, job_id)
+        announce(session, [job_id])
         return "retried"
     return session.scalar(select(GenerationJob.status).where(GenerationJob.job_id == job_id))
 

@@ -21,9 +21,12 @@ from serve_app.web import create_app
 logger = logging.getLogger("ray.serve")
 
 
+# An open event stream (GET /jobs/{id}/events) holds one of these slots for its whole life, so the bound
+# leaves room for ~1000 streams beside the ordinary requests; streams take no route thread and no pooled
+# connection, and ordinary route code still runs on `ingress_threads` threads (see web.RouteThreads).
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25},
-    max_ongoing_requests=200,
+    max_ongoing_requests=1000,
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 50},
 )
 @serve.ingress()

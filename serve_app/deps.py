@@ -7,7 +7,7 @@ Routes reach everything through these, so the same app runs under Ray Serve (an 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Awaitable, Callable
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer
@@ -23,6 +23,9 @@ from serve_app.backpressure import BacklogGate
 from serve_app.ratelimit import RateLimits
 from serve_app.settings import Settings
 
+if TYPE_CHECKING:
+    from serve_app.generation.events import JobEvents
+
 
 @dataclass
 class Services:
@@ -36,6 +39,7 @@ class Services:
     jwt_secret: str | None = None  # admin routes answer 401 to everything without one
     rate_limits: RateLimits | None = None
     previews: PreviewRenderer = field(default_factory=PreviewRenderer)  # per replica, cached by swatch content
+    events: JobEvents | None = None  # the job event hub; the first event stream makes one from `sessions`
 
     def __post_init__(self) -> None:
         if self.backlog is None:

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     db_statement_timeout_seconds: float = Field(default=10.0, gt=0, description="a statement running or waiting for "
                                                 "a lock longer is cancelled: 503 + Retry-After, or a runner retry")
 
+    events_keepalive_seconds: float = Field(default=15.0, gt=0, description="an idle event stream "
+                                            "(GET /jobs/{id}/events) sends a `: keep-alive` comment this often")
+    events_stream_seconds: float = Field(default=300.0, gt=0, description="an event stream closes after this "
+                                         "long; the client resumes with Last-Event-ID (EventSource does so by "
+                                         "itself). Keep it under the proxy's request_timeout_s, if one is set")
+
     @field_validator("rate_limit_generate", "rate_limit_upload")
     @classmethod
     def _parses_as_limits(cls, value: str) -> str:

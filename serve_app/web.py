@@ -5,6 +5,9 @@ One factory for every process that serves HTTP: an Ingress replica, or plain uvi
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,12 +29,19 @@ FEATURES = (catalog, preview, generation, uploads, health, admin_auth, admin_fab
 
 
 def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if app.state.services.events is not None:  # the job event hub, made by the first stream
+            await app.state.services.events.close()
+
     app = FastAPI(
         title="Sastre",
         version="0.1.0",
-        description="Renders tailored suits from fabric swatches. Create a job with POST /generate, then poll "
-                    "GET /jobs/{job_id} (every ~2 s) until it is completed. Admin routes need a bearer token "
-                    "from POST /admin/login.",
+        description="Renders tailored suits from fabric swatches. Create a job with POST /generate, then follow "
+                    "GET /jobs/{job_id}/events (server-sent events) or poll GET /jobs/{job_id} (every ~2 s) until "
+                    "it is completed. Admin routes need a bearer token from POST /admin/login.",
+        lifespan=lifespan,
     )
     app.state.services = services
     for feature in FEATURES:
@@ -50,8 +60,8 @@ class RouteThreads:
     """Keeps the threads that run sync route code (AnyIO's default limiter) at `ingress_threads`, the
     size of the database pool, so no route waits for a connection.
 
-    Ray Serve sets that limiter to the deployment's `max_ongoing_requests` (200 for the ingress) when a
-    replica starts or is reconfigured: left so, 200 threads would share the pool. Requests beyond the
+    Ray Serve sets that limiter to the deployment's `max_ongoing_requests` (1000 for the ingress) when a
+    replica starts or is reconfigured: left so, 1000 threads would share the pool. Requests beyond the
     threads wait for one in the replica, as they would in Serve's queue.
     """
 

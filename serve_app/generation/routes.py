@@ -1,14 +1,16 @@
-"""The job routes: create a job, read it (the hottest route: every front end polls it), cancel it."""
+"""The job routes: create a job, read it (the hottest route: every front end polls it), follow it as
+server-sent events, cancel it."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Request, status
+from fastapi.responses import JSONResponse, Response
 
-from serve_app.deps import ServicesDep
+from serve_app.deps import ServicesDep, get_services
 from serve_app.errors import ErrorBody, error_responses
+from serve_app.generation.events import EventStreamResponse, open_stream
 from serve_app.generation.schemas import GenerateAccepted, GenerateRequest, JobOut
 from serve_app.generation.service import accept_job, cancel, find_job, job_out
 from serve_app.ratelimit import rate_limited
@@ -39,6 +41,26 @@ def get_job(job_id: str, services: ServicesDep) -> JSONResponse:
     One indexed lookup, serialized once.
     """
     return JSONResponse(job_out(find_job(services, job_id), services.storage).model_dump(mode="json"))
+
+
+@router.get("/jobs/{job_id}/events", response_class=EventStreamResponse, status_code=200,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`event: job`, `id: <version>`, `data: <the body of GET /jobs/{job_id}>` "
+                                            "at once and on every change; `: keep-alive` comments while idle; "
+                                            "closed after a completed, failed or canceled state"},
+                       204: {"description": "`Last-Event-ID` is already the job's final state: nothing more to send"},
+                       **error_responses(404, 503)})
+async def job_events(
+    job_id: str,
+    request: Request,
+    last_event_id: Annotated[str | None, Header(max_length=32, description="the `id` of the last event received: "
+                                                "a reconnecting stream sends only newer states")] = None,
+) -> Response:
+    """Follow a job live (server-sent events) instead of polling GET /jobs/{job_id}.
+
+    Async, and no dependency runs on a thread: an open stream holds neither a route thread nor a
+    pooled database connection (the process's one LISTEN connection wakes it)."""
+    return await open_stream(get_services(request), job_id, last_event_id)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(404, 409, 503))
