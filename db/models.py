@@ -63,8 +63,8 @@ class GenerationJob(Base):
     cuts: Mapped[list] = mapped_column(JSON, nullable=False)
     seed: Mapped[int | None] = mapped_column(Integer)
     swatch_url: Mapped[str | None] = mapped_column(String)
-    # The original schema's column, kept for its readers (reports, SQL); the API builds URLs from the
-    # keys in `cut_progress` at read time, so presigned URLs are always fresh.
+    # The original schema's column, kept for its readers (reports, SQL, rows the original backend wrote);
+    # the API builds URLs from the keys in `cut_progress` at read time, so presigned URLs are always fresh.
     result_urls: Mapped[list | None] = mapped_column(JSON)
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

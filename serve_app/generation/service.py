@@ -124,7 +124,9 @@ def job_out(job: GenerationJob, storage: Storage) -> JobOut:
                                     seed=entry.get("seed", seeds[index] if seeds else 0), url=url,
                                     ip_adapter_fallback=entry.get("ip_adapter_fallback"),
                                     preview_url=preview_url(cut, color_id=job.color_id, swatch_url=job.swatch_url)))
-    result_urls = [p.url for p in progress] if job.status == "completed" else None
+    # Fresh URLs from the keys; a row without them (written by the original backend, which kept only
+    # result_urls) shows what it stored.
+    result_urls = [p.url for p in progress] if job.status == "completed" and all(p.url for p in progress) else job.result_urls
     return JobOut(
         job_id=job.job_id, status=job.status, family_id=job.family_id, color_id=job.color_id, cuts=job.cuts,
         seed=job.seed, seeds=seeds, swatch_url=job.swatch_url, result_urls=result_urls, progress=progress,

@@ -23,14 +23,14 @@ from catalog.data import load_catalog
 from catalog.loader import sync_catalog
 from db import jobs
 from deployments.finishing import Finisher
-from deployments.generation import SdxlTurboModel
+from deployments.generation import CutGenerator, SdxlTurboModel
 from deployments.preprocessing import ControlMapper
+from deployments.rendering import RenderChain
 from deployments.storage import LocalStorage
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.deps import Services
 from serve_app.generation.events import LISTEN_NAME, READ_NAME
 from serve_app.launcher import free_port
-from serve_app.renderers import LocalCutRenderer
 from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from serve_app.web import create_app
@@ -122,7 +122,8 @@ class HoldSecondCut:
 
 def _runner(services: Services, database_url: str, model) -> JobRunner:
     storage = services.storage
-    renderer = LocalCutRenderer(ControlMapper(), model, Finisher(storage), storage, "canny", 64, stage_timeout_s=60)
+    renderer = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage), "canny", 64,
+                                      stage_timeout_s=60)
     return JobRunner(services.sessions, database_url, services.catalog, renderer, concurrency=2, lease_seconds=10,
                      poll_seconds=0.2)
 
