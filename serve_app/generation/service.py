@@ -78,8 +78,6 @@ def _create(services: Services, body: GenerateRequest, idempotency_key: str | No
             raise HTTPException(422, f"unknown or inactive color {body.color_id} in family {body.family_id}")
         if body.swatch_url:
             swatch_key = resolve_swatch(services, body.swatch_url, family.collection)
-        elif color.swatch_url:
-            swatch_key = services.storage.key_for_url(color.swatch_url)
         else:
             swatch_key = color_swatch_key(family, color)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
