@@ -296,7 +296,8 @@ def test_bad_swatches_are_refused_and_write_nothing(service, sessions):
     assert anonymous.status_code == 401
 
     gone = storage.url_for(f"{UPLOAD_PREFIX}00000000-0000-0000-0000-000000000000.png")
-    for body in ({"swatch_url": gone}, {"swatch_url": "http://169.254.169.254/x.png"}):
+    overlong = storage.url_for(f"{COLLECTION}/x.png").replace("/x.png", "/" + "x" * 300 + ".png")
+    for body in ({"swatch_url": gone}, {"swatch_url": overlong}, {"swatch_url": "http://169.254.169.254/x.png"}):
         missing = call(services, "PATCH", "/admin/colors/terciopelo-burdeos", json=body, headers=admin)
         assert missing.status_code == 422 and "detail" in missing.json()
         created = call(services, "POST", "/admin/fabrics/terciopelo/colors", headers=admin,
