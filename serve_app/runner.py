@@ -262,7 +262,7 @@ class JobRunner:
                     raise LookupError(f"cut {cut!r} is no longer in the catalog")
                 tasks.append(CutTask(
                     job_id=job.job_id, cut=cut,
-                    prompt=build_prompt(spec.prompt, family.fabric_words, color.color_words),
+                    prompt=build_prompt(spec.prompt, family.fabric, color.english),
                     template_png=spec.template_png(), swatch_key=job.swatch_key, seed=job.seed + index,
                     result_key=result_key(job, cut),
                 ))

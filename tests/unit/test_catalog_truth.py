@@ -36,8 +36,8 @@ from tests.upload_files import image_bytes
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 COLLECTION = "SASTRE 2026-27"
-VELVET = {"family_id": "terciopelo", "display_name": "Terciopelo de seda", "fabric_words": "silk velvet"}
-BURGUNDY = {"color_id": "terciopelo-burdeos", "name": "Burdeos", "color_words": "deep burgundy red",
+VELVET = {"family_id": "terciopelo", "display_name": "Terciopelo de seda", "fabric": "silk velvet"}
+BURGUNDY = {"color_id": "terciopelo-burdeos", "name": "Burdeos", "english": "deep burgundy red",
             "hex_value": "#5E2430", "swatch_code": "770V-0001"}
 
 
@@ -148,7 +148,7 @@ def _shown_key(services: Services, color_id: str) -> str | None:
 def test_an_admin_created_family_and_color_render_with_the_admins_words(service, sessions):
     services, runner, admin = service
     made = _velvet(services, admin)
-    assert made["color_words"] == "deep burgundy red"
+    assert made["english"] == "deep burgundy red"
     _, task = _render(services, runner, sessions, "terciopelo-burdeos")
     assert task.prompt.startswith("deep burgundy red silk velvet single-breasted")
     assert "Burdeos" not in task.prompt and "Terciopelo" not in task.prompt
@@ -158,11 +158,11 @@ def test_renamed_prompt_words_show_in_the_next_jobs_prompt(service, sessions):
     services, runner, admin = service
     _velvet(services, admin)
     _, before = _render(services, runner, sessions, "terciopelo-burdeos")
-    family = call(services, "PATCH", "/admin/fabrics/terciopelo", json={"fabric_words": "crushed velvet"},
+    family = call(services, "PATCH", "/admin/fabrics/terciopelo", json={"fabric": "crushed velvet"},
                   headers=admin)
-    color = call(services, "PATCH", "/admin/colors/terciopelo-burdeos", json={"color_words": "wine red"}, headers=admin)
+    color = call(services, "PATCH", "/admin/colors/terciopelo-burdeos", json={"english": "wine red"}, headers=admin)
     assert family.status_code == color.status_code == 200
-    assert family.json()["fabric_words"] == "crushed velvet" and color.json()["color_words"] == "wine red"
+    assert family.json()["fabric"] == "crushed velvet" and color.json()["english"] == "wine red"
     _, after = _render(services, runner, sessions, "terciopelo-burdeos")
     assert before.prompt.startswith("deep burgundy red silk velvet ")
     assert after.prompt.startswith("wine red crushed velvet ")
@@ -172,31 +172,30 @@ def test_a_shipped_color_renders_with_the_words_in_the_database(service, session
     services, runner, admin = service
     _, seeded = _render(services, runner, sessions, "lana-fria-azul-marino", family_id="lana-fria")
     assert seeded.prompt.startswith("navy blue fine worsted cool wool ")
-    call(services, "PATCH", "/admin/colors/lana-fria-azul-marino", json={"color_words": "midnight navy"}, headers=admin)
+    call(services, "PATCH", "/admin/colors/lana-fria-azul-marino", json={"english": "midnight navy"}, headers=admin)
     _, edited = _render(services, runner, sessions, "lana-fria-azul-marino", family_id="lana-fria")
     assert edited.prompt.startswith("midnight navy fine worsted cool wool ")
     with sessions.begin() as s:
         sync_catalog(s, load_catalog())  # a restart keeps the admin's words
     listed = call(services, "GET", "/admin/fabrics/lana-fria/colors", headers=admin).json()
-    assert listed[0]["color_words"] == "midnight navy"
+    assert listed[0]["english"] == "midnight navy"
 
 
 @pytest.mark.parametrize("words", [None, "", " navy", "navy ", "navy\nblue", "navy\x00", "n" * 81, 7])
 def test_prompt_words_are_required_printable_and_short(service, sessions, words):
     services, _, admin = service
-    family = {**VELVET, "fabric_words": words} if words is not None else {k: v for k, v in VELVET.items()
-                                                                          if k != "fabric_words"}
-    assert call(services, "POST", "/admin/fabrics", json=family, headers=admin).status_code == 422
-    color = {**BURGUNDY, "color_words": words} if words is not None else {k: v for k, v in BURGUNDY.items()
-                                                                          if k != "color_words"}
-    refused = call(services, "POST", "/admin/fabrics/lana-fria/colors", json=color, headers=admin)
+    def given(body: dict, field: str) -> dict:  # None: the field left out
+        return {**{k: v for k, v in body.items() if k != field}, **({} if words is None else {field: words})}
+
+    assert call(services, "POST", "/admin/fabrics", json=given(VELVET, "fabric"), headers=admin).status_code == 422
+    refused = call(services, "POST", "/admin/fabrics/lana-fria/colors", json=given(BURGUNDY, "english"), headers=admin)
     assert refused.status_code == 422 and "detail" in refused.json()
-    for path, field in (("/admin/fabrics/lana-fria", "fabric_words"), ("/admin/colors/lana-fria-negro", "color_words")):
+    for path, field in (("/admin/fabrics/lana-fria", "fabric"), ("/admin/colors/lana-fria-negro", "english")):
         assert call(services, "PATCH", path, json={field: words}, headers=admin).status_code == 422
     with sessions() as s:
         assert not fabrics.family_exists(s, "terciopelo") and not fabrics.color_exists(s, "terciopelo-burdeos")
         family, color = fabrics.find_family_and_color(s, "lana-fria", "lana-fria-negro")
-        assert (family.fabric_words, color.color_words) == ("fine worsted cool wool", "black")
+        assert (family.fabric, color.english) == ("fine worsted cool wool", "black")
 
 
 def test_upgrading_an_install_backfills_the_prompt_words(server_url):
@@ -208,10 +207,10 @@ def test_upgrading_an_install_backfills_the_prompt_words(server_url):
                          "(1, 'tweed-burdeos', 'Burdeos', '#5E2430'), (2, 'pana-mostaza', 'Mostaza', '#C8A13A')")
         upgrade(url)
         with psycopg.connect(url) as conn:
-            families = dict(conn.execute("SELECT family_id, fabric_words FROM fabric_families").fetchall())
-            colors = dict(conn.execute("SELECT color_id, color_words FROM colors").fetchall())
+            families = dict(conn.execute("SELECT family_id, fabric FROM fabric_families").fetchall())
+            colors = dict(conn.execute("SELECT color_id, english FROM colors").fetchall())
             nullable = conn.execute("SELECT table_name, is_nullable FROM information_schema.columns "
-                                    "WHERE column_name IN ('fabric_words', 'color_words')").fetchall()
+                                    "WHERE column_name IN ('fabric', 'english')").fetchall()
     # Shipped ids get the shipped English words; an admin's own rows keep what the runner used to render.
     assert families == {"tweed": "Donegal tweed", "pana": "Pana"}
     assert colors == {"tweed-burdeos": "burgundy", "pana-mostaza": "Mostaza"}
@@ -260,7 +259,7 @@ def test_put_swatch_files_it_under_the_swatch_code_and_replaces_the_previous_typ
     storage = services.storage
     as_jpeg = _put_swatch(services, admin, "terciopelo-burdeos", image_bytes("JPEG", size=(40, 30)))
     assert as_jpeg.status_code == 200, as_jpeg.text
-    assert as_jpeg.json()["color_id"] == "terciopelo-burdeos" and as_jpeg.json()["color_words"] == "deep burgundy red"
+    assert as_jpeg.json()["color_id"] == "terciopelo-burdeos" and as_jpeg.json()["english"] == "deep burgundy red"
     assert storage.key_for_url(as_jpeg.json()["swatch_url"]) == f"{COLLECTION}/770V-0001.jpg"
     assert not storage.exists(f"{COLLECTION}/770V-0001.png")
     as_webp = _put_swatch(services, admin, "terciopelo-burdeos", image_bytes("WEBP", size=(40, 30)))
@@ -271,7 +270,7 @@ def test_put_swatch_files_it_under_the_swatch_code_and_replaces_the_previous_typ
         assert image.format == "WEBP" and image.size == (40, 30)
 
     codeless = call(services, "POST", "/admin/fabrics/terciopelo/colors", headers=admin,
-                    json={"color_id": "terciopelo-negro", "name": "Negro", "color_words": "black",
+                    json={"color_id": "terciopelo-negro", "name": "Negro", "english": "black",
                           "hex_value": "#111111"})
     assert codeless.json()["swatch_url"] is None  # no swatch code: no sample
     uncoded = _put_swatch(services, admin, "terciopelo-negro", image_bytes("PNG"))

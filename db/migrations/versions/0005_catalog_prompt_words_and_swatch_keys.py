@@ -1,6 +1,6 @@
 """The database is the catalog's truth: the English words a prompt needs, and swatches by storage key.
 
-`fabric_families.fabric_words` and `colors.color_words` are what the runner puts in a prompt (the
+`fabric_families.fabric` and `colors.english` are what the runner puts in a prompt (the
 display names are Spanish shop labels). Existing rows are backfilled with the shipped catalog's words
 as of this revision where the ids match, and otherwise with the display name, which is what the runner
 rendered for rows the shipped file did not know: nothing renders differently across the upgrade, and
@@ -54,14 +54,14 @@ def _backfill(table: str, id_column: str, words_column: str, name_column: str, s
 
 
 def upgrade() -> None:
-    op.add_column("fabric_families", sa.Column("fabric_words", sa.String(), nullable=True))
-    op.add_column("colors", sa.Column("color_words", sa.String(), nullable=True))
+    op.add_column("fabric_families", sa.Column("fabric", sa.String(), nullable=True))
+    op.add_column("colors", sa.Column("english", sa.String(), nullable=True))
     op.add_column("colors", sa.Column("swatch_key", sa.String(), nullable=True))
-    _backfill("fabric_families", "family_id", "fabric_words", "display_name", SHIPPED_FABRIC_WORDS)
-    _backfill("colors", "color_id", "color_words", "name", SHIPPED_COLOR_WORDS)
+    _backfill("fabric_families", "family_id", "fabric", "display_name", SHIPPED_FABRIC_WORDS)
+    _backfill("colors", "color_id", "english", "name", SHIPPED_COLOR_WORDS)
 
 
 def downgrade() -> None:
     op.drop_column("colors", "swatch_key")
-    op.drop_column("colors", "color_words")
-    op.drop_column("fabric_families", "fabric_words")
+    op.drop_column("colors", "english")
+    op.drop_column("fabric_families", "fabric")

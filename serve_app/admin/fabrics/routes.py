@@ -40,7 +40,7 @@ def create_fabric(body: FamilyIn, services: ServicesDep) -> FamilyAdminOut:
         if fabrics.family_exists(session, body.family_id):
             raise HTTPException(409, f"fabric family {body.family_id} already exists")
         fabrics.add_family(session, family_id=body.family_id, display_name=body.display_name,
-                           fabric_words=body.fabric_words, status=body.status,
+                           fabric=body.fabric, status=body.status,
                            collection=body.collection or services.catalog.collection)
         return family_out(services, find_family(session, body.family_id))
 

@@ -25,7 +25,7 @@ class ColorIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     color_id: str = Identifier
     name: str = Field(min_length=1, max_length=100)
-    color_words: ColorWords
+    english: ColorWords
     hex_value: str = Hex
     swatch_code: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     swatch_url: str | None = Field(default=None, max_length=2048, description="must be a URL of our storage")
@@ -35,7 +35,7 @@ class ColorIn(BaseModel):
 class ColorPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, min_length=1, max_length=100)
-    color_words: ColorWords | None = None
+    english: ColorWords | None = None
     hex_value: str | None = Field(default=None, pattern=r"^#[0-9A-Fa-f]{6}$")
     swatch_code: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     swatch_url: str | None = Field(default=None, max_length=2048)
@@ -46,7 +46,7 @@ class ColorAdminOut(BaseModel):
     color_id: str
     family_id: str
     name: str
-    color_words: str
+    english: str
     hex_value: str
     swatch_code: str | None
     swatch_url: str | None
@@ -57,7 +57,7 @@ class FamilyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family_id: str = Identifier
     display_name: str = Field(min_length=1, max_length=200)
-    fabric_words: FabricWords
+    fabric: FabricWords
     collection: str | None = Field(default=None, min_length=1, max_length=100, pattern=COLLECTION,
                                    description="storage folder of its swatches; default: the catalog's")
     status: Status = "active"
@@ -66,14 +66,14 @@ class FamilyIn(BaseModel):
 class FamilyPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     display_name: str | None = Field(default=None, min_length=1, max_length=200)
-    fabric_words: FabricWords | None = None
+    fabric: FabricWords | None = None
     status: Status | None = None
 
 
 class FamilyAdminOut(BaseModel):
     family_id: str
     display_name: str
-    fabric_words: str
+    fabric: str
     collection: str | None
     status: str
     created_at: datetime

@@ -33,13 +33,13 @@ SWATCH_EXTENSIONS = {extension for extension, _, _ in FORMATS.values()}
 
 def color_out(services: Services, family: FabricFamily, color: Color) -> ColorAdminOut:
     return ColorAdminOut(color_id=color.color_id, family_id=family.family_id, name=color.name,
-                         color_words=color.color_words, hex_value=color.hex_value, swatch_code=color.swatch_code,
+                         english=color.english, hex_value=color.hex_value, swatch_code=color.swatch_code,
                          swatch_url=swatch_url(services.storage, family, color), status=color.status)
 
 
 def family_out(services: Services, family: FabricFamily) -> FamilyAdminOut:
     return FamilyAdminOut(family_id=family.family_id, display_name=family.display_name,
-                          fabric_words=family.fabric_words, collection=family.collection, status=family.status,
+                          fabric=family.fabric, collection=family.collection, status=family.status,
                           created_at=family.created_at, updated_at=family.updated_at,
                           colors=[color_out(services, family, c) for c in family.colors])
 
@@ -193,7 +193,7 @@ def update_color(services: Services, color_id: str, body: ColorPatch) -> ColorAd
     with storage_errors(), SwatchChange(services.storage, services.catalog.collection) as change:
         with services.sessions.begin() as session:
             family, color = find_color(session, color_id)
-            refuse_nulls(changes, ("name", "color_words", "hex_value", "status"))
+            refuse_nulls(changes, ("name", "english", "hex_value", "status"))
             fabrics.update_color(session, color, changes)
             if source is not None:
                 adopt_swatch(session, change, family, color, source)
