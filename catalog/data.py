@@ -57,9 +57,6 @@ class CatalogData:
     def cut(self, cut_id: str) -> CutSpec | None:
         return next((cut for cut in self.cuts if cut.cut_id == cut_id), None)
 
-    def family(self, family_id: str) -> FamilySpec | None:
-        return next((family for family in self.families if family.family_id == family_id), None)
-
 
 def parse_catalog(raw: dict) -> CatalogData:
     """Validate and freeze catalog data; a malformed file fails loudly at start-up, not mid-request."""

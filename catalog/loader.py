@@ -21,7 +21,9 @@ class SyncResult:
 def sync_catalog(session: Session, data: CatalogData) -> SyncResult:
     """Insert the families and colors that are missing; never touch existing rows.
 
-    Running it again is a no-op, and edits made by admins (renames, deactivations) survive restarts.
+    Running it again is a no-op, and edits made by admins (renames, new prompt words, deactivations)
+    survive restarts. The file's prompt words (`fabric`, `english`) seed the columns of the same names;
+    from then on the database is what the runner reads.
     """
     families = {f.family_id: f for f in fabrics.list_families(session)}
     known_colors = fabrics.color_ids(session)
@@ -29,14 +31,15 @@ def sync_catalog(session: Session, data: CatalogData) -> SyncResult:
     for spec in data.families:
         family = families.get(spec.family_id)
         if family is None:
-            family = FabricFamily(family_id=spec.family_id, display_name=spec.display_name, collection=data.collection)
+            family = FabricFamily(family_id=spec.family_id, display_name=spec.display_name, fabric=spec.fabric,
+                                  collection=data.collection)
             session.add(family)
             families_added += 1
         for color in spec.colors:
             if color.color_id in known_colors:
                 continue
-            family.colors.append(Color(color_id=color.color_id, name=color.name, hex_value=color.hex_value,
-                                       swatch_code=color.swatch_code))
+            family.colors.append(Color(color_id=color.color_id, name=color.name, english=color.english,
+                                       hex_value=color.hex_value, swatch_code=color.swatch_code))
             known_colors.add(color.color_id)
             colors_added += 1
     session.flush()
@@ -44,6 +47,9 @@ def sync_catalog(session: Session, data: CatalogData) -> SyncResult:
 
 
 def color_swatch_key(family: FabricFamily, color: Color) -> str | None:
+    """Where the color's swatch is stored: the one an admin stored, else the seed layout's file."""
+    if color.swatch_key:
+        return color.swatch_key
     if not color.swatch_code or not family.collection:
         return None
     return swatch_key(family.collection, color.swatch_code)

@@ -9,9 +9,10 @@ import numpy as np
 from PIL import Image
 
 
-def swatch_key(collection: str, swatch_code: str) -> str:
-    """Catalog swatches live under the collection's folder, as in the original bucket layout."""
-    return f"{collection}/{swatch_code}.png"
+def swatch_key(collection: str, swatch_code: str, extension: str = "png") -> str:
+    """Catalog swatches live under the collection's folder, as in the original bucket layout; the
+    shipped samples are PNG, an admin's photo keeps the type it was decoded as."""
+    return f"{collection}/{swatch_code}.{extension}"
 
 
 def render_swatch(hex_value: str, swatch_code: str, size: int = 256) -> bytes:

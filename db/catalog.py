@@ -5,7 +5,7 @@ Routes and the runner call these by name; the SQL lives here.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Color, FabricFamily
@@ -76,6 +76,28 @@ def update_color(session: Session, color: Color, changes: dict) -> None:
     for name, value in changes.items():
         setattr(color, name, value)
     session.flush()
+
+
+def swatch_in_use(session: Session, key: str) -> bool:
+    """Whether any color shows the swatch at `key`: as the one an admin stored, or as the seed
+    layout's `{collection}/{swatch_code}.png` of a color that has none stored."""
+    seed_layout = func.concat(FabricFamily.collection, "/", Color.swatch_code, ".png")
+    return session.scalar(
+        select(Color.id).join(FabricFamily, Color.fabric_family_id == FabricFamily.id)
+        .where(or_(Color.swatch_key == key, and_(Color.swatch_key.is_(None), seed_layout == key))).limit(1)
+    ) is not None
+
+
+def colors_with_swatch_urls(session: Session) -> list[tuple[FabricFamily, Color]]:
+    """Colors whose swatch an older version recorded as a URL and that have no storage key yet."""
+    rows = session.execute(select(FabricFamily, Color).join(Color, Color.fabric_family_id == FabricFamily.id)
+                           .where(Color.swatch_url.is_not(None), Color.swatch_key.is_(None)))
+    return [(family, color) for family, color in rows]
+
+
+def colors_with_stored_swatches(session: Session) -> set[str]:
+    """The colors whose swatch an admin stored (they need no sample)."""
+    return set(session.scalars(select(Color.color_id).where(Color.swatch_key.is_not(None))))
 
 
 def delete_color(session: Session, color: Color) -> None:

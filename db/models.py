@@ -23,6 +23,7 @@ class FabricFamily(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     family_id: Mapped[str] = mapped_column(String, unique=True, nullable=False)
     display_name: Mapped[str] = mapped_column(String, nullable=False)
+    fabric: Mapped[str] = mapped_column(String, nullable=False)  # English, for the prompt: "Donegal tweed"
     collection: Mapped[str | None] = mapped_column(String)
     status: Mapped[str] = mapped_column(String, nullable=False, default="active", server_default="active")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -40,9 +41,15 @@ class Color(Base):
     fabric_family_id: Mapped[int] = mapped_column(ForeignKey("fabric_families.id"), nullable=False)
     color_id: Mapped[str] = mapped_column(String, unique=True, nullable=False)
     name: Mapped[str] = mapped_column(String, nullable=False)
+    english: Mapped[str] = mapped_column(String, nullable=False)  # English, for the prompt: "navy blue"
     hex_value: Mapped[str] = mapped_column(String, nullable=False)
     swatch_code: Mapped[str | None] = mapped_column(String)
+    # The seed's URL override, no longer written: a URL goes stale (presigned ones expire), so start-up
+    # moves one left by an older version into `swatch_key`, which is read instead.
     swatch_url: Mapped[str | None] = mapped_column(String)
+    # The swatch an admin stored for this color, in the collection's folder; None: the seed layout,
+    # `{collection}/{swatch_code}.png`.
+    swatch_key: Mapped[str | None] = mapped_column(String)
     status: Mapped[str] = mapped_column(String, nullable=False, default="active", server_default="active")
 
     family: Mapped[FabricFamily] = relationship(back_populates="colors")

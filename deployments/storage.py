@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote, urlsplit
 UPLOAD_PREFIX = "temp-uploads/"
 JOB_PREFIX = "jobs/"  # what a job owns (its swatch): outside the expiring upload prefix
 MISSING_CODES = ("404", "NoSuchKey", "NotFound")  # what S3, R2 and MinIO answer for an absent key
+MAX_NAME_BYTES = 255  # a file name's limit on common filesystems
 
 
 class StorageError(Exception):
@@ -33,11 +34,13 @@ class StorageUnavailable(StorageError):
 
 
 def validate_key(key: str) -> str:
-    """Refuse keys that could escape the storage root or confuse URL mapping."""
+    """Refuse keys that could escape the storage root or confuse URL mapping, and names no filesystem
+    holds (a part over 255 bytes), so a client's URL can never make a lookup fail instead of miss."""
     if not key or key.startswith("/") or "\\" in key or "\x00" in key:
         raise StorageError(f"invalid storage key: {key!r}")
     parts = key.split("/")
-    if any(part in ("", ".", "..") for part in parts) or posixpath.normpath(key) != key:
+    if (any(part in ("", ".", "..") or len(part.encode()) > MAX_NAME_BYTES for part in parts)
+            or posixpath.normpath(key) != key):
         raise StorageError(f"invalid storage key: {key!r}")
     return key
 

@@ -234,23 +234,24 @@ class JobRunner:
 
     # -- one job -----------------------------------------------------------------------------------
     def _plan(self, job_id: str) -> tuple[list[CutTask], dict[str, dict]]:
-        """The job's cuts as tasks, and the progress entries of cuts an earlier attempt already finished."""
+        """The job's cuts as tasks, and the progress entries of cuts an earlier attempt already finished.
+
+        The prompt's fabric and color words are the database's, as they are when the attempt starts, so
+        an admin's edit shows in the next job; the cuts (prompt text, template) are the catalog's assets.
+        """
         with self.sessions.begin() as session:
             job = jobs.get_job(session, job_id)
             family, color = find_family_and_color(session, job.family_id, job.color_id)
             if family is None or color is None:
                 raise LookupError(f"fabric {job.family_id}/{job.color_id} is no longer in the catalog")
-            family_spec = self.catalog.family(family.family_id)
-            color_spec = next((c for c in family_spec.colors if c.color_id == color.color_id), None) if family_spec else None
-            fabric = family_spec.fabric if family_spec else family.display_name
-            color_words = color_spec.english if color_spec else color.name
             tasks = []
             for index, cut in enumerate(job.cuts):
                 spec = self.catalog.cut(cut)
                 if spec is None:
                     raise LookupError(f"cut {cut!r} is no longer in the catalog")
                 tasks.append(CutTask(
-                    job_id=job.job_id, cut=cut, prompt=build_prompt(spec.prompt, fabric, color_words),
+                    job_id=job.job_id, cut=cut,
+                    prompt=build_prompt(spec.prompt, family.fabric, color.english),
                     template_png=spec.template_png(), swatch_key=job.swatch_key, seed=job.seed + index,
                     result_key=result_key(job, cut),
                 ))

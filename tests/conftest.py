@@ -47,14 +47,14 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A new, migrated database on the test server, dropped afterwards."""
+def fresh_database(server_url: str, revision: str = "head") -> Iterator[str]:
+    """A new database on the test server, migrated to `revision`, dropped afterwards."""
     name = f"sastre_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = _with_database(server_url, name)
     try:
-        upgrade(url)
+        upgrade(url, revision)
         yield url
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:

@@ -11,9 +11,7 @@ from serve_app.deps import Services
 
 
 def swatch_url(storage: Storage, family: FabricFamily, color: Color) -> str | None:
-    """The color's swatch as a URL of ours: the one an admin set, else the collection's file."""
-    if color.swatch_url:
-        return color.swatch_url
+    """The color's swatch as a URL made now from its key (a presigned URL stored earlier would expire)."""
     key = color_swatch_key(family, color)
     return storage.url_for(key) if key else None
 

@@ -13,18 +13,10 @@ from serve_app.deps import ServicesDep
 from serve_app.errors import RATE_LIMITED, error_responses
 from serve_app.ratelimit import rate_limited
 from serve_app.routing import StorableTextRoute
-from serve_app.uploads.schemas import UploadOut
+from serve_app.uploads.schemas import MULTIPART_BODY, UploadOut
 from serve_app.uploads.service import read_file_field, sanitize_image, store_upload
 
 router = APIRouter(route_class=StorableTextRoute)
-
-MULTIPART_BODY = {
-    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"],
-        "properties": {"file": {"type": "string", "format": "binary",
-                                "description": "JPEG, PNG or WebP, at most 5 MB"}}}}}},
-}
-
 
 @router.post("/upload-swatch", status_code=status.HTTP_201_CREATED, response_model=UploadOut, tags=["jobs"],
              responses={**error_responses(400, 413, 415, 422, 503), **RATE_LIMITED}, openapi_extra=MULTIPART_BODY,

@@ -90,7 +90,8 @@ def test_every_bad_token_is_a_401_with_no_side_effect(service, admin, sessions):
     for case, headers in _bad_tokens(service, admin, sessions).items():
         family_id = f"intruder-{uuid.uuid4().hex[:6]}"
         with service.client(headers=headers) as client:
-            created = client.post("/admin/fabrics", json={"family_id": family_id, "display_name": "X"})
+            created = client.post("/admin/fabrics", json={"family_id": family_id, "display_name": "X",
+                                                            "fabric": "wool"})
             listed = client.get("/admin/fabrics")
             history = client.get("/admin/generations")
         assert created.status_code == listed.status_code == history.status_code == 401, case
@@ -100,7 +101,7 @@ def test_every_bad_token_is_a_401_with_no_side_effect(service, admin, sessions):
 
 
 def test_fabric_and_color_crud_with_errors(client):
-    family = {"family_id": "seersucker", "display_name": "Seersucker de verano"}
+    family = {"family_id": "seersucker", "display_name": "Seersucker de verano", "fabric": "cotton seersucker"}
     created = client.post("/admin/fabrics", json=family)
     assert created.status_code == 201, created.text
     assert created.json()["status"] == "active" and created.json()["collection"] == "SASTRE 2026-27"
@@ -114,7 +115,8 @@ def test_fabric_and_color_crud_with_errors(client):
     assert client.patch("/admin/fabrics/nope", json={"display_name": "x"}).status_code == 404
     assert client.patch("/admin/fabrics/seersucker", json={"status": None}).status_code == 422
 
-    color = {"color_id": "seersucker-azul", "name": "Azul cielo", "hex_value": "#7FA7D9", "swatch_code": "440S-0101"}
+    color = {"color_id": "seersucker-azul", "name": "Azul cielo", "english": "sky blue", "hex_value": "#7FA7D9",
+             "swatch_code": "440S-0101"}
     made = client.post("/admin/fabrics/seersucker/colors", json=color)
     assert made.status_code == 201, made.text
     swatch = client.get(made.json()["swatch_url"])
@@ -138,9 +140,10 @@ def test_fabric_and_color_crud_with_errors(client):
 
 
 def test_catalog_follows_admin_changes_and_generate_refuses_inactive(client):
-    client.post("/admin/fabrics", json={"family_id": "pana", "display_name": "Pana"})
+    client.post("/admin/fabrics", json={"family_id": "pana", "display_name": "Pana", "fabric": "corduroy"})
     client.post("/admin/fabrics/pana/colors", json={"color_id": "pana-mostaza", "name": "Mostaza",
-                                                    "hex_value": "#C8A13A", "swatch_code": "550P-0001"})
+                                                    "english": "mustard yellow", "hex_value": "#C8A13A",
+                                                    "swatch_code": "550P-0001"})
     families = {f["family_id"]: f for f in client.get("/catalog").json()["families"]}
     assert families["pana"]["colors"][0]["swatch_url"].endswith("/SASTRE%202026-27/550P-0001.png")
     job = client.post("/generate", json={"family_id": "pana", "color_id": "pana-mostaza", "cuts": ["recto"]})
@@ -200,14 +203,14 @@ def test_catalog_equals_the_active_database_after_any_admin_edits(client, sessio
         rng = random.Random(seed)
         families = [f"prop-{seed}-{i}" for i in range(3)]
         for family in families:
-            client.post("/admin/fabrics", json={"family_id": family, "display_name": family})
+            client.post("/admin/fabrics", json={"family_id": family, "display_name": family, "fabric": "wool"})
         for step in range(25):
             family = rng.choice(families)
             action = rng.choice(["add", "toggle-color", "toggle-family", "delete-color", "rename"])
             colors = client.get(f"/admin/fabrics/{family}/colors").json()
             if action == "add":
                 client.post(f"/admin/fabrics/{family}/colors", json={
-                    "color_id": f"{family}-c{step}", "name": f"C{step}", "hex_value": f"#{rng.randrange(16**6):06X}"})
+                    "color_id": f"{family}-c{step}", "name": f"C{step}", "english": "grey", "hex_value": f"#{rng.randrange(16**6):06X}"})
             elif action == "toggle-color" and colors:
                 color = rng.choice(colors)
                 client.patch(f"/admin/colors/{color['color_id']}",

@@ -147,9 +147,12 @@ def test_text_postgresql_cannot_store_is_a_4xx_on_every_route(api, sessions, tex
     requests = [
         ("POST", "/generate", raw_json({**NAVY, "family_id": text})),
         ("POST", "/generate", raw_json({**NAVY, "cuts": [text]})),
-        ("POST", "/admin/fabrics", raw_json({"family_id": "pana", "display_name": text})),
+        ("POST", "/admin/fabrics", raw_json({"family_id": "pana", "display_name": text, "fabric": "corduroy"})),
         ("PATCH", "/admin/fabrics/lana-fria", raw_json({"display_name": text})),
-        ("POST", "/admin/fabrics/lana-fria/colors", raw_json({"color_id": "x-1", "name": text, "hex_value": "#112233"})),
+        ("PATCH", "/admin/fabrics/lana-fria", raw_json({"fabric": text})),
+        ("POST", "/admin/fabrics/lana-fria/colors", raw_json({"color_id": "x-1", "name": text, "english": "grey",
+                                                              "hex_value": "#112233"})),
+        ("PATCH", "/admin/colors/lana-fria-negro", raw_json({"english": text})),
     ]
     if "\x00" in text:  # a percent-encoded or raw NUL; a surrogate cannot be spelled outside JSON
         requests += [

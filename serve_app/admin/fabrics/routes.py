@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+import asyncio
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from db import catalog as fabrics
+from serve_app.admin.fabrics import service
 from serve_app.admin.fabrics.schemas import (
     ColorAdminOut,
     ColorIn,
@@ -13,18 +16,12 @@ from serve_app.admin.fabrics.schemas import (
     FamilyIn,
     FamilyPatch,
 )
-from serve_app.admin.fabrics.service import (
-    check_swatch_url,
-    color_out,
-    ensure_swatch,
-    family_out,
-    find_color,
-    find_family,
-    refuse_nulls,
-)
+from serve_app.admin.fabrics.service import color_out, family_out, find_color, find_family, refuse_nulls
 from serve_app.deps import ServicesDep, current_admin
 from serve_app.errors import error_responses
 from serve_app.routing import StorableTextRoute
+from serve_app.uploads.schemas import MULTIPART_BODY
+from serve_app.uploads.service import read_file_field, sanitize_image
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(current_admin)],
                    responses=error_responses(401), route_class=StorableTextRoute)
@@ -42,7 +39,8 @@ def create_fabric(body: FamilyIn, services: ServicesDep) -> FamilyAdminOut:
     with services.sessions.begin() as session:
         if fabrics.family_exists(session, body.family_id):
             raise HTTPException(409, f"fabric family {body.family_id} already exists")
-        fabrics.add_family(session, family_id=body.family_id, display_name=body.display_name, status=body.status,
+        fabrics.add_family(session, family_id=body.family_id, display_name=body.display_name,
+                           fabric=body.fabric, status=body.status,
                            collection=body.collection or services.catalog.collection)
         return family_out(services, find_family(session, body.family_id))
 
@@ -73,28 +71,29 @@ def list_colors(family_id: str, services: ServicesDep) -> list[ColorAdminOut]:
 
 
 @router.post("/fabrics/{family_id}/colors", status_code=201, response_model=ColorAdminOut,
-             responses=error_responses(404, 409, 422))
+             responses=error_responses(404, 409, 422, 503))
 def create_color(family_id: str, body: ColorIn, services: ServicesDep) -> ColorAdminOut:
-    check_swatch_url(services, body.swatch_url)
-    with services.sessions.begin() as session:
-        family = find_family(session, family_id)
-        if fabrics.color_exists(session, body.color_id):
-            raise HTTPException(409, f"color {body.color_id} already exists")
-        color = fabrics.add_color(session, family, **body.model_dump())
-        ensure_swatch(services, family, color)
-        return color_out(services, family, color)
+    """Add a color. A `swatch_url` (an upload, say) is copied into the collection's folder, so the
+    catalog never shows a swatch that expires; without one a sample is woven in `hex_value`."""
+    return service.create_color(services, family_id, body)
 
 
-@router.patch("/colors/{color_id}", response_model=ColorAdminOut, responses=error_responses(404, 422))
+@router.patch("/colors/{color_id}", response_model=ColorAdminOut, responses=error_responses(404, 422, 503))
 def update_color(color_id: str, body: ColorPatch, services: ServicesDep) -> ColorAdminOut:
-    changes = body.model_dump(exclude_unset=True)
-    check_swatch_url(services, changes.get("swatch_url"))
-    with services.sessions.begin() as session:
-        family, color = find_color(session, color_id)
-        refuse_nulls(changes, ("name", "hex_value", "status"))
-        fabrics.update_color(session, color, changes)
-        ensure_swatch(services, family, color)
-        return color_out(services, family, color)
+    """Edit a color; a new `swatch_url` is copied into the collection as on create, null returns it to
+    the collection's `{swatch_code}.png`."""
+    return service.update_color(services, color_id, body)
+
+
+@router.put("/colors/{color_id}/swatch", response_model=ColorAdminOut, openapi_extra=MULTIPART_BODY,
+            responses=error_responses(400, 404, 413, 415, 422, 503))
+async def put_color_swatch(color_id: str, request: Request, services: ServicesDep) -> ColorAdminOut:
+    """Store a swatch photo as the color's catalog swatch, `{collection}/{swatch_code}.{ext}` (under its
+    color id when it has no swatch code); checked and cleaned as `POST /upload-swatch` does, never expires."""
+    settings = services.settings
+    data = await read_file_field(request, "file", settings.upload_max_bytes)
+    clean = await asyncio.to_thread(sanitize_image, data, settings.upload_max_pixels)
+    return await asyncio.to_thread(service.replace_color_swatch, services, color_id, clean)
 
 
 @router.delete("/colors/{color_id}", status_code=204, responses=error_responses(404))
