@@ -16,13 +16,6 @@ def swatch_url(storage: Storage, family: FabricFamily, color: Color) -> str | No
     return storage.url_for(key) if key else None
 
 
-def color_swatch(storage: Storage, family: FabricFamily, color: Color) -> str | None:
-    """The storage key of a catalog color's swatch: the one an admin set, else the collection's file."""
-    if color.swatch_url:
-        return storage.key_for_url(color.swatch_url)
-    return color_swatch_key(family, color)
-
-
 def shop_catalog(services: Services) -> CatalogOut:
     with services.sessions() as session:
         families = [

@@ -16,11 +16,11 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
+from catalog.loader import color_swatch_key
 from db import jobs
 from db.catalog import find_active_color
 from db.models import GenerationJob
 from deployments.storage import ObjectMissing, Storage, StorageError
-from serve_app.catalog.service import color_swatch
 from serve_app.deps import Services
 from serve_app.generation.schemas import CutProgress, GenerateAccepted, GenerateRequest, JobOut
 from serve_app.job_inputs import forget_swatch, own_swatch
@@ -86,7 +86,7 @@ def _create(services: Services, body: GenerateRequest, idempotency_key: str | No
         if body.swatch_url:
             swatch_key = resolve_swatch(services, body.swatch_url, family.collection)
         else:
-            swatch_key = color_swatch(services.storage, family, color)
+            swatch_key = color_swatch_key(family, color)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
         job_id = str(uuid.uuid4())
         swatch_key = _own_swatch(services, swatch_key, job_id)

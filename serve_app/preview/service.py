@@ -15,10 +15,10 @@ from urllib.parse import urlencode
 from fastapi import HTTPException
 
 from catalog.data import CutSpec
+from catalog.loader import color_swatch_key
 from db.catalog import get_color
 from deployments.preview import CutTemplate, UnreadableSwatch
 from deployments.storage import ObjectMissing, StorageError
-from serve_app.catalog.service import color_swatch
 from serve_app.deps import Services
 from serve_app.uploads.service import resolve_swatch
 
@@ -47,7 +47,7 @@ def preview_swatch_key(services: Services, color_id: str | None, swatch_url: str
         found = get_color(session, color_id)
         if found is None:
             raise HTTPException(404, f"color {color_id} not found")
-        key = color_swatch(services.storage, *found)
+        key = color_swatch_key(*found)
     if key is None:
         raise HTTPException(404, f"color {color_id} has no swatch to preview")
     return key

@@ -44,6 +44,7 @@ def test_a_color_added_by_an_admin_is_offered_in_the_shop(visit, admin_account, 
     form.get_by_label("Color name").fill("Verde salvia")
     form.get_by_label("Hex").fill("#8a9a7b")
     form.get_by_label("Swatch code (optional)").fill("210L-0999")
+    form.get_by_label("Color in English, for the prompt").fill("sage green")
     visit.shot("new-color-filled")
     form.get_by_role("button", name="Add color").click()
     assert page.get_by_role("alert").inner_text() == "Color “Verde salvia” added to Lino Irlandés."

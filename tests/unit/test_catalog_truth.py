@@ -20,13 +20,13 @@ from db import catalog as fabrics
 from db import jobs
 from db.migrate import upgrade
 from deployments.finishing import Finisher
-from deployments.generation import SdxlTurboModel
+from deployments.generation import CutGenerator, SdxlTurboModel
 from deployments.preprocessing import ControlMapper
+from deployments.rendering import RenderChain
 from deployments.storage import UPLOAD_PREFIX, LocalStorage, S3Storage, Storage
 from serve_app.admin.auth.service import create_user, issue_token
 from serve_app.bootstrap import adopt_swatch_urls, put_catalog_swatches
 from serve_app.deps import Services
-from serve_app.renderers import LocalCutRenderer
 from serve_app.runner import CutTask, JobRunner
 from serve_app.settings import Settings
 from tests.conftest import fresh_database
@@ -76,8 +76,8 @@ def service(request, sessions, database_url, tmp_path, model):
     put_catalog_swatches(storage, catalog)
     services = Services(settings=Settings(data_dir=tmp_path), sessions=sessions, storage=storage, catalog=catalog,
                         jwt_secret=SECRET)
-    renderer = Recording(LocalCutRenderer(ControlMapper(), model, Finisher(storage), storage, "canny", 64,
-                                          stage_timeout_s=60))
+    renderer = Recording(RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage),
+                                                "canny", 64, stage_timeout_s=60))
     runner = JobRunner(sessions, database_url, catalog, renderer, concurrency=2, lease_seconds=10, poll_seconds=0.2,
                        storage=storage, cut_attempts=1)
     return services, runner, {"Authorization": f"Bearer {token}"}

@@ -13,7 +13,6 @@ const IMAGE_TYPES = new Set(["image/jpeg", "image/png", "image/webp"]);
 const MAX_UPLOAD_BYTES = 5 * 1024 * 1024;
 const PAGE_SIZE = 20;
 // Fields some servers have and some do not yet: shown once a response carries them.
-const supports = { fabric: false, english: false };
 let families = [];
 let historyCursor = null;
 
@@ -84,8 +83,6 @@ async function loadFamilies() {
     if (error.status !== 401) notice.error(`The catalog could not be loaded: ${error.message}`);
     return;
   }
-  supports.fabric = families.some((f) => "fabric" in f);
-  supports.english = families.some((f) => f.colors.some((c) => "english" in c));
   buildNewFabricForm();
   const open = new Set([...document.querySelectorAll("details.family[open]")].map((d) => d.dataset.family));
   $("families").replaceChildren(...families.map((family) => familyPanel(family, open.has(family.family_id))));
@@ -97,20 +94,20 @@ function buildNewFabricForm() {
   const name = h("input", { type: "text", name: "display_name", required: true, maxlength: 200 });
   const id = h("input", { type: "text", name: "family_id", pattern: "[a-z0-9][a-z0-9-]{0,63}", placeholder: "from the name" });
   const collection = h("input", { type: "text", name: "collection", placeholder: "the catalog's" });
-  const fabric = supports.fabric ? h("input", { type: "text", name: "fabric", placeholder: "e.g. Donegal tweed" }) : null;
+  const fabric = h("input", { type: "text", name: "fabric", placeholder: "e.g. Donegal tweed", required: true });
   form.replaceChildren(...[
     h("h3", { class: "sub", style: "flex-basis:100%" }, "Add a fabric"),
     field("Fabric name", name),
     field("Fabric id (optional)", id),
     field("Collection (optional)", collection),
-    fabric ? field("Fabric in English, for the prompt", fabric) : null,
-    h("button", { type: "submit", class: "button primary" }, "Add fabric")].filter(Boolean));
+    field("Fabric in English, for the prompt", fabric),
+    h("button", { type: "submit", class: "button primary" }, "Add fabric")]);
   form.onsubmit = async (event) => {
     event.preventDefault();
     notice.clear();
     const body = { family_id: id.value.trim() || slug(name.value), display_name: name.value.trim() };
     if (collection.value.trim()) body.collection = collection.value.trim();
-    if (fabric && fabric.value.trim()) body.fabric = fabric.value.trim();
+    body.fabric = fabric.value.trim();
     try {
       await adminApi("/admin/fabrics", { method: "POST", json: body });
     } catch (error) {
@@ -126,10 +123,10 @@ function buildNewFabricForm() {
 function familyPanel(family, open) {
   const name = h("input", { type: "text", name: "display_name", value: family.display_name, required: true });
   const [status, statusField] = statusSelect(family.status);
-  const fabric = "fabric" in family ? h("input", { type: "text", name: "fabric", value: family.fabric || "" }) : null;
+  const fabric = h("input", { type: "text", name: "fabric", value: family.fabric, required: true });
   const editForm = h("form", { class: "form-row", "aria-label": `Edit ${family.display_name}` },
     field("Fabric name", name),
-    fabric ? field("Fabric in English, for the prompt", fabric) : null,
+    field("Fabric in English, for the prompt", fabric),
     statusField,
     h("div", { class: "row-actions" },
       h("button", { type: "submit", class: "button" }, "Save fabric"),
@@ -139,7 +136,7 @@ function familyPanel(family, open) {
     const patch = {};
     if (name.value.trim() !== family.display_name) patch.display_name = name.value.trim();
     if (status.value !== family.status) patch.status = status.value;
-    if (fabric && fabric.value.trim() !== (family.fabric || "")) patch.fabric = fabric.value.trim();
+    if (fabric.value.trim() !== family.fabric) patch.fabric = fabric.value.trim();
     await save(`/admin/fabrics/${encodeURIComponent(family.family_id)}`, patch, `Fabric “${family.display_name}” saved.`);
   };
   return h("details", { class: "family", open, dataset: { family: family.family_id } },
@@ -157,7 +154,7 @@ function colorRow(color) {
   const name = h("input", { type: "text", name: "name", value: color.name, required: true });
   const hex = h("input", { type: "color", name: "hex_value", value: color.hex_value.toLowerCase() });
   const code = h("input", { type: "text", name: "swatch_code", value: color.swatch_code || "", size: 10 });
-  const english = "english" in color ? h("input", { type: "text", name: "english", value: color.english || "" }) : null;
+  const english = h("input", { type: "text", name: "english", value: color.english, required: true });
   const [status, statusField] = statusSelect(color.status);
   const file = h("input", { type: "file", accept: "image/jpeg,image/png,image/webp", class: "visually-hidden-input" });
   file.id = uid("swatch");
@@ -169,7 +166,7 @@ function colorRow(color) {
     field("Name", name, { hint: color.color_id }),
     field("Hex", hex, { narrow: true }),
     field("Swatch code", code),
-    english ? field("Color in English, for the prompt", english) : null,
+    field("Color in English, for the prompt", english),
     statusField,
     h("div", { class: "row-actions" },
       h("button", { type: "submit", class: "button" }, "Save"),
@@ -181,7 +178,7 @@ function colorRow(color) {
     if (name.value.trim() !== color.name) patch.name = name.value.trim();
     if (hex.value.toLowerCase() !== color.hex_value.toLowerCase()) patch.hex_value = hex.value.toUpperCase();
     if (code.value.trim() !== (color.swatch_code || "")) patch.swatch_code = code.value.trim() || null;
-    if (english && english.value.trim() !== (color.english || "")) patch.english = english.value.trim();
+    if (english.value.trim() !== color.english) patch.english = english.value.trim();
     if (status.value !== color.status) patch.status = status.value;
     await save(`/admin/colors/${encodeURIComponent(color.color_id)}`, patch, `Color “${color.name}” saved.`);
   };
@@ -194,24 +191,23 @@ function newColorForm(family) {
   const id = h("input", { type: "text", name: "color_id", pattern: "[a-z0-9][a-z0-9-]{0,63}", placeholder: "from the name" });
   const hex = h("input", { type: "color", name: "hex_value", value: "#777777" });
   const code = h("input", { type: "text", name: "swatch_code", size: 10 });
-  const english = supports.english ? h("input", { type: "text", name: "english", placeholder: "e.g. navy blue" }) : null;
+  const english = h("input", { type: "text", name: "english", placeholder: "e.g. navy blue", required: true });
   const form = h("form", { class: "form-row", "aria-label": `Add a color to ${family.display_name}` },
     h("h3", { class: "sub", style: "flex-basis:100%" }, `Add a color to ${family.display_name}`),
     field("Color name", name),
     field("Color id (optional)", id),
     field("Hex", hex, { narrow: true }),
     field("Swatch code (optional)", code),
-    english ? field("Color in English, for the prompt", english) : null,
+    field("Color in English, for the prompt", english),
     h("button", { type: "submit", class: "button primary" }, "Add color"));
   form.onsubmit = async (event) => {
     event.preventDefault();
     notice.clear();
     const body = {
       color_id: id.value.trim() || slug(`${family.family_id}-${name.value}`),
-      name: name.value.trim(), hex_value: hex.value.toUpperCase(),
+      name: name.value.trim(), hex_value: hex.value.toUpperCase(), english: english.value.trim(),
     };
     if (code.value.trim()) body.swatch_code = code.value.trim();
-    if (english && english.value.trim()) body.english = english.value.trim();
     try {
       await adminApi(`/admin/fabrics/${encodeURIComponent(family.family_id)}/colors`, { method: "POST", json: body });
     } catch (error) {
