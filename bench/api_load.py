@@ -35,14 +35,12 @@ from pathlib import Path
 import aiohttp
 import httpx
 
+from figures import load_summary
 from serve_app.launcher import ROOT, free_port, scratch_database, serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 async def drive(base_url: str, route: str, clients: int, seconds: float, job_ids: list[str]) -> dict:
@@ -75,8 +73,7 @@ async def drive(base_url: str, route: str, clients: int, seconds: float, job_ids
     started = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - started
-    return {"rps": round(len(latencies) / elapsed, 1), "p50_ms": round(percentile(latencies, 0.5) * 1e3, 1),
-            "p99_ms": round(percentile(latencies, 0.99) * 1e3, 1), "requests": len(latencies), "errors": errors}
+    return load_summary(latencies, errors, elapsed)
 
 
 def measure(base_url: str, clients: int, seconds: float) -> dict:

@@ -25,14 +25,12 @@ from pathlib import Path
 
 import httpx
 
+from figures import percentile
 from serve_app.launcher import scratch_database, serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino"}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def in_process_two_cuts(size: int, repeats: int) -> list[float]:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 
+from figures import load_summary
 from serve_app.launcher import scratch_database, serve
 
 TWO_CUTS = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto", "cruzado"]}
@@ -37,9 +38,6 @@ FINAL = ("completed", "failed", "canceled")
 POLL_SECONDS = 2.0
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 async def read_events(response: aiohttp.ClientResponse, on_event=None) -> list[dict]:
@@ -135,8 +133,7 @@ async def poll_load(base_url: str, job_ids: list[str], clients: int, seconds: fl
     started = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - started
-    return {"rps": round(len(latencies) / elapsed, 1), "p50_ms": round(percentile(latencies, 0.5) * 1e3, 1),
-            "p99_ms": round(percentile(latencies, 0.99) * 1e3, 1), "requests": len(latencies), "errors": errors}
+    return load_summary(latencies, errors, elapsed)
 
 
 async def p99_with_streams(base_url: str, stall_file: Path, streams: int, clients: int, seconds: float) -> dict:

@@ -17,7 +17,6 @@ from PIL import Image
 from catalog.data import load_catalog
 from catalog.loader import sync_catalog
 from db import catalog as fabrics
-from db import jobs
 from db.migrate import upgrade
 from deployments.finishing import Finisher
 from deployments.generation import CutGenerator, SdxlTurboModel

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from sqlalchemy import text
 
 from catalog.data import load_catalog
@@ -30,10 +27,10 @@ from deployments.storage import LocalStorage
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.deps import Services
 from serve_app.generation.events import LISTEN_NAME, READ_NAME
-from serve_app.launcher import free_port
 from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from serve_app.web import create_app
+from tests.servers import uvicorn_serving
 
 TWO_CUTS = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto", "cruzado"], "seed": 11}
 KEEPALIVE = 0.3
@@ -55,22 +52,8 @@ def services(sessions, tmp_path) -> Services:
     return Services(settings=settings, sessions=sessions, storage=storage, catalog=catalog)
 
 
-@contextmanager
-def serving(services: Services) -> Iterator[str]:
-    """The app under uvicorn in a thread of its own (its own event loop), on a free loopback port."""
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=free_port(),
-                                           log_level="warning", lifespan="on", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+def serving(services: Services):
+    return uvicorn_serving(services, lifespan="on", timeout_graceful_shutdown=1)
 
 
 @pytest.fixture

@@ -8,12 +8,9 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import psycopg
-import uvicorn
 from sqlalchemy import create_engine
 
 from catalog.data import load_catalog
@@ -21,30 +18,13 @@ from catalog.loader import sync_catalog
 from db.engine import make_sessionmaker, sqlalchemy_url
 from deployments.storage import LocalStorage
 from serve_app.deps import Services
-from serve_app.launcher import free_port
 from serve_app.settings import Settings
-from serve_app.web import create_app
+from tests.servers import uvicorn_serving
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
 CLIENTS = 300
 
 
-@contextmanager
-def uvicorn_serving(services: Services) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning",
-                                           backlog=CLIENTS * 2, timeout_keep_alive=30))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def services_for(sessions, tmp_path, pooled_sessions, **settings) -> Services:
@@ -95,7 +75,7 @@ def test_300_clients_on_a_pool_smaller_than_the_threads_get_no_500(sessions, dat
     # 2 connections for 40 route threads, given up on after 50 ms: the pool runs dry at once.
     engine = create_engine(sqlalchemy_url(database_url), pool_size=2, max_overflow=0, pool_timeout=0.05)
     services = services_for(sessions, tmp_path, make_sessionmaker(engine), ingress_threads=40)
-    with uvicorn_serving(services) as base_url:
+    with uvicorn_serving(services, backlog=CLIENTS * 2, timeout_keep_alive=30) as base_url:
         job_ids = [httpx.post(f"{base_url}/generate", json=NAVY).json()["job_id"] for _ in range(5)]
         results = asyncio.run(clients(base_url, job_ids, seconds=4))
     engine.dispose()
@@ -109,7 +89,7 @@ def test_300_clients_on_the_sized_pool_while_a_lock_outlasts_the_statement_timeo
     settings = Settings(ingress_threads=8, db_statement_timeout_seconds=0.5, db_pool_timeout_seconds=5)
     pooled = ingress_sessions(settings, database_url)
     services = services_for(sessions, tmp_path, pooled, ingress_threads=8, db_statement_timeout_seconds=0.5)
-    with uvicorn_serving(services) as base_url:
+    with uvicorn_serving(services, backlog=CLIENTS * 2, timeout_keep_alive=30) as base_url:
         job_ids = [httpx.post(f"{base_url}/generate", json=NAVY).json()["job_id"] for _ in range(5)]
 
         def hold_lock() -> None:
