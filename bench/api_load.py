@@ -35,7 +35,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from figures import load_summary
+from figures import closed_loop
 from serve_app.launcher import ROOT, free_port, scratch_database, serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
@@ -44,36 +44,14 @@ NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": [
 
 
 async def drive(base_url: str, route: str, clients: int, seconds: float, job_ids: list[str]) -> dict:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
+    async def request(session: aiohttp.ClientSession, index: int, n: int) -> aiohttp.ClientResponse:
+        if route == "livez":
+            return await session.get("/livez")
+        if route == "poll":
+            return await session.get(f"/jobs/{job_ids[(index + n) % len(job_ids)]}")
+        return await session.post("/generate", json=NAVY)
 
-    async def client(index: int) -> None:
-        nonlocal errors
-        connector = aiohttp.TCPConnector(limit=1)
-        async with aiohttp.ClientSession(base_url, connector=connector) as session:
-            n = 0
-            while time.perf_counter() < deadline:
-                n += 1
-                started = time.perf_counter()
-                try:
-                    if route == "livez":
-                        response = await session.get("/livez")
-                    elif route == "poll":
-                        response = await session.get(f"/jobs/{job_ids[(index + n) % len(job_ids)]}")
-                    else:
-                        response = await session.post("/generate", json=NAVY)
-                    await response.read()
-                    ok = response.status < 300
-                except aiohttp.ClientError:
-                    ok = False
-                latencies.append(time.perf_counter() - started)
-                errors += not ok
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    elapsed = time.perf_counter() - started
-    return load_summary(latencies, errors, elapsed)
+    return await closed_loop(base_url, clients, seconds, request)
 
 
 def measure(base_url: str, clients: int, seconds: float) -> dict:

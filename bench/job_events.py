@@ -30,7 +30,7 @@ from pathlib import Path
 
 import aiohttp
 
-from figures import load_summary
+from figures import closed_loop
 from serve_app.launcher import scratch_database, serve
 
 TWO_CUTS = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto", "cruzado"]}
@@ -110,30 +110,10 @@ async def requests_per_job(base_url: str, jobs: int) -> dict:
 
 
 async def poll_load(base_url: str, job_ids: list[str], clients: int, seconds: float) -> dict:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
+    async def poll(session: aiohttp.ClientSession, index: int, n: int) -> aiohttp.ClientResponse:
+        return await session.get(f"/jobs/{job_ids[(index + n) % len(job_ids)]}")
 
-    async def client(index: int) -> None:
-        nonlocal errors
-        async with aiohttp.ClientSession(base_url, connector=aiohttp.TCPConnector(limit=1)) as session:
-            n = 0
-            while time.perf_counter() < deadline:
-                n += 1
-                started = time.perf_counter()
-                try:
-                    async with session.get(f"/jobs/{job_ids[(index + n) % len(job_ids)]}") as response:
-                        await response.read()
-                        ok = response.status == 200
-                except aiohttp.ClientError:
-                    ok = False
-                latencies.append(time.perf_counter() - started)
-                errors += not ok
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    elapsed = time.perf_counter() - started
-    return load_summary(latencies, errors, elapsed)
+    return await closed_loop(base_url, clients, seconds, poll, ok_below=201)
 
 
 async def p99_with_streams(base_url: str, stall_file: Path, streams: int, clients: int, seconds: float) -> dict:
