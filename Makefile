@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	@echo "Admin users: $(PY) -m serve_app.cli create-admin <name>   (then POST /admin/login)"
+	@echo "Once it says the app is running, open http://127.0.0.1:8000 (the shop) and http://127.0.0.1:8000/admin"
+	@echo "Admin users: $(PY) -m serve_app.cli create-admin <name>   (then log in at /admin)"
 	$(PY) -m serve_app.cli run
 
 # The browser tests (tests/e2e) drive Debian's Chromium: installed here when missing, where apt-get and root
