@@ -50,6 +50,8 @@ class Color(Base):
     # The swatch an admin stored for this color, in the collection's folder; None: the seed layout,
     # `{collection}/{swatch_code}.png`.
     swatch_key: Mapped[str | None] = mapped_column(String)
+    # Bumped on every swatch an admin stores: its URL carries `?v=` so no cache shows the one it replaced.
+    swatch_version: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     status: Mapped[str] = mapped_column(String, nullable=False, default="active", server_default="active")
 
     family: Mapped[FabricFamily] = relationship(back_populates="colors")

@@ -7,6 +7,7 @@ back to a key only when it is one this storage issued, so a client-supplied URL 
 from __future__ import annotations
 
 import os
+import re
 import posixpath
 import tempfile
 import time
@@ -45,11 +46,17 @@ def validate_key(key: str) -> str:
     return key
 
 
+VERSION_QUERY = re.compile(r"v=[0-9]{1,12}")
+
+
 def key_under_base(url: str, base_url: str) -> str | None:
-    """The key of `url` if it is `base_url` + "/" + a quoted valid key, else None."""
+    """The key of `url` if it is `base_url` + "/" + a quoted valid key, else None. A `v=<n>` query (a
+    version that makes a replaced object's URL new to every cache) is the only query allowed."""
     base = urlsplit(base_url.rstrip("/") + "/")
     parts = urlsplit(url)
-    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or parts.query or parts.fragment:
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or parts.fragment:
+        return None
+    if parts.query and not VERSION_QUERY.fullmatch(parts.query):
         return None
     if not parts.path.startswith(base.path):
         return None

@@ -13,7 +13,12 @@ from serve_app.deps import Services
 def swatch_url(storage: Storage, family: FabricFamily, color: Color) -> str | None:
     """The color's swatch as a URL made now from its key (a presigned URL stored earlier would expire)."""
     key = color_swatch_key(family, color)
-    return storage.url_for(key) if key else None
+    if key is None:
+        return None
+    url = storage.url_for(key)
+    # A replaced swatch may keep its key (the same code and type): the version makes its URL new. A
+    # presigned URL is new on every call already, and a query of its own must stay as signed.
+    return f"{url}?v={color.swatch_version}" if color.swatch_version and "?" not in url else url
 
 
 def shop_catalog(services: Services) -> CatalogOut:

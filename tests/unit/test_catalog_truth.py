@@ -267,6 +267,14 @@ def test_put_swatch_files_it_under_the_swatch_code_and_replaces_the_previous_typ
     shown = _fetch(services, _shop_color(services, "terciopelo-burdeos")["swatch_url"])
     with Image.open(io.BytesIO(shown.content)) as image:
         assert image.format == "WEBP" and image.size == (40, 30)
+    # The same type again keeps the key, never the URL: no browser or CDN shows the replaced photo.
+    again = _put_swatch(services, admin, "terciopelo-burdeos", image_bytes("WEBP", size=(48, 36)))
+    assert storage.key_for_url(again.json()["swatch_url"]) == f"{COLLECTION}/770V-0001.webp"
+    if isinstance(storage, LocalStorage):  # a presigned URL (S3 here) is made anew on every call anyway
+        assert again.json()["swatch_url"] != as_webp.json()["swatch_url"]
+        assert _shop_color(services, "terciopelo-burdeos")["swatch_url"] == again.json()["swatch_url"]
+    with Image.open(io.BytesIO(_fetch(services, again.json()["swatch_url"]).content)) as image:
+        assert image.size == (48, 36)
 
     codeless = call(services, "POST", "/admin/fabrics/terciopelo/colors", headers=admin,
                     json={"color_id": "terciopelo-negro", "name": "Negro", "english": "black",

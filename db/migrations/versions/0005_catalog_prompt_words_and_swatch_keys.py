@@ -6,7 +6,8 @@ as of this revision where the ids match, and otherwise with the display name, wh
 rendered for rows the shipped file did not know: nothing renders differently across the upgrade, and
 an admin can correct those words afterwards.
 
-`colors.swatch_key` is the storage key of a swatch an admin set; a URL cannot be stored (presigned
+`colors.swatch_key` is the storage key of a swatch an admin set (`colors.swatch_version` counts its
+replacements, so its URL changes even where the key does not); a URL cannot be stored (presigned
 URLs expire). Mapping the URLs older versions kept in `colors.swatch_url` back to keys needs the
 storage configuration, so the service does that when it starts (`adopt_swatch_urls`).
 
@@ -57,11 +58,13 @@ def upgrade() -> None:
     op.add_column("fabric_families", sa.Column("fabric", sa.String(), nullable=True))
     op.add_column("colors", sa.Column("english", sa.String(), nullable=True))
     op.add_column("colors", sa.Column("swatch_key", sa.String(), nullable=True))
+    op.add_column("colors", sa.Column("swatch_version", sa.Integer(), nullable=False, server_default="0"))
     _backfill("fabric_families", "family_id", "fabric", "display_name", SHIPPED_FABRIC_WORDS)
     _backfill("colors", "color_id", "english", "name", SHIPPED_COLOR_WORDS)
 
 
 def downgrade() -> None:
+    op.drop_column("colors", "swatch_version")
     op.drop_column("colors", "swatch_key")
     op.drop_column("colors", "english")
     op.drop_column("fabric_families", "fabric")

@@ -153,7 +153,8 @@ def _record_swatch(session: Session, change: SwatchChange, family: FabricFamily,
     """Point the color at `key`. Its previous swatch goes once committed if that was this color's own
     file (the same name, another type) and no color shows it any more."""
     previous = color_swatch_key(family, color)
-    fabrics.update_color(session, color, {"swatch_key": key, "swatch_url": None})
+    fabrics.update_color(session, color, {"swatch_key": key, "swatch_url": None,
+                                          "swatch_version": color.swatch_version + 1})
     own_name = posixpath.splitext(change.own_key(family, color, "png"))[0]
     if (previous and previous != color_swatch_key(family, color) and posixpath.splitext(previous)[0] == own_name
             and not fabrics.swatch_in_use(session, previous)):
