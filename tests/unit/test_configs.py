@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -32,6 +33,10 @@ def test_cluster_yaml_passes_ray_validation_and_has_cpu_head_and_gpu_workers():
     broken["head_node_type"] = "missing"
     with pytest.raises(ValueError):
         validate_config(prepare_config(broken))
+    misspelt = copy.deepcopy(raw)
+    misspelt["available_node_types"]["gpu_worker"]["max_worker"] = misspelt["available_node_types"]["gpu_worker"].pop("max_workers")
+    with pytest.raises(jsonschema.ValidationError, match="'max_worker' was unexpected"):  # ray-schema.json
+        validate_config(prepare_config(misspelt))
 
 
 def test_production_serve_config_uses_pretrained_weights_on_autoscaled_gpus():
