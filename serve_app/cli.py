@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     scaler.add_argument("--replicas", type=replica_count(1), help="a fixed count (autoscaling off)")
     scaler.add_argument("--min", type=replica_count(0), help="the autoscaler's lower bound")
     scaler.add_argument("--max", type=replica_count(1), help="the autoscaler's upper bound")
-    scaler.add_argument("--address", default=f"http://127.0.0.1:{DASHBOARD_PORT}", help="the Ray dashboard")
+    scaler.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", f"http://127.0.0.1:{DASHBOARD_PORT}"),
+                        help="the Ray dashboard (default: RAY_DASHBOARD_ADDRESS, as for `serve deploy`, "
+                        f"else http://127.0.0.1:{DASHBOARD_PORT})")
     scaler.add_argument("--app", help="the Serve application (default: the one holding the deployment)")
     scaler.add_argument("--wait", type=float, default=60, help="seconds to wait for the new count to run")
     args = parser.parse_args(argv)
