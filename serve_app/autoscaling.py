@@ -17,7 +17,8 @@ and holds the result within min/max replicas. Every other autoscaling deployment
 request-based policy.
 
 It is an application-level policy because a deployment's own policy sees only its own replicas'
-numbers, and the generator never reports any: at zero replicas it has nobody to report. The runner
+numbers, and the generator knows nothing of the backlog (at zero replicas it could report nothing
+anyway). The runner
 always has a replica, so the generator scales from zero too (`min_replicas: 0`): Serve 2.60 starts
 the first replica as soon as the policy asks for one (from zero it skips `upscale_delay_s`), and
 its own cold-start path does the same when a runner's request already waits at the generator's handle.
