@@ -29,6 +29,7 @@ install: $(STAMP)
 run: install
 	@echo "Once it says the app is running, open http://127.0.0.1:8000 (the shop) and http://127.0.0.1:8000/admin"
 	@echo "Admin users: $(PY) -m serve_app.cli create-admin <name>   (then log in at /admin)"
+	@echo "Ray dashboard: http://127.0.0.1:8265, token: $(VENV)/bin/ray get-auth-token   scale: $(PY) -m serve_app.cli scale --help"
 	$(PY) -m serve_app.cli run
 
 # The browser tests (tests/e2e) drive Debian's Chromium: installed here when missing, where apt-get and root

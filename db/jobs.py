@@ -141,6 +141,32 @@ def backlog_at_least(session: Session, limit: int) -> bool:
     return session.scalar(select(func.count()).select_from(due)) >= limit
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """The queue as the GPUs see it: work waiting, work in hand, and how long the oldest job has waited."""
+
+    pending_jobs: int
+    pending_cuts: int
+    cuts_in_flight: int
+    oldest_pending_seconds: float
+
+
+def backlog(session: Session) -> Backlog:
+    """One aggregate over the pending and processing rows (both have a partial index), cheap enough to
+    run every few seconds: the JobRunner reports it to Serve's autoscaler, which sizes the generator."""
+    pending = GenerationJob.status == "pending"
+    cuts = func.json_array_length(GenerationJob.cuts)
+    row = session.execute(
+        select(
+            func.count().filter(pending),
+            func.coalesce(func.sum(cuts).filter(pending), 0),
+            func.coalesce(func.sum(cuts).filter(GenerationJob.status == "processing"), 0),
+            func.coalesce(func.extract("epoch", func.now() - func.min(GenerationJob.created_at).filter(pending)), 0),
+        ).where(GenerationJob.status.in_(("pending", "processing")))
+    ).one()
+    return Backlog(int(row[0]), int(row[1]), int(row[2]), max(0.0, float(row[3])))
+
+
 def request_cancel(session: Session, job_id: str) -> str | None:
     """Cancel a job: "canceled" (it was pending), "requested" (a runner stops it at the next cut
     boundary), "final" (already finished: nothing to cancel), or None for an unknown job."""

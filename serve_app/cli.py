@@ -1,4 +1,4 @@
-"""Command line: `python -m serve_app.cli prepare|run|stop-db`.
+"""Command line: `python -m serve_app.cli prepare|run|stop-db|create-admin|scale`.
 
 `run` is what `make run` calls: it prepares the database and catalog, starts a local Ray instance
 (dashboard on 127.0.0.1:8265) and hands over to Ray's own `serve run` with the local Serve config.
@@ -33,21 +33,22 @@ def http_port(config: Path) -> int:
     return int(yaml.safe_load(config.read_text()).get("http_options", {}).get("port", 8000))
 
 
-def run(config: Path, dashboard: bool = True) -> None:
+def run(config: Path, dashboard: bool = True, dashboard_port: int = DASHBOARD_PORT) -> None:
     """Serve in this process: Ray's `serve run`, in the current network namespace."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray.serve.scripts import cli as serve_cli
 
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             namespace="serve")
+             dashboard_port=dashboard_port, namespace="serve")
     serve_cli.main(["run", str(config)], prog_name="serve")
 
 
-def run_isolated(config: Path, dashboard: bool, ports: list[int]) -> int:
+def run_isolated(config: Path, dashboard: bool, dashboard_port: int, ports: list[int]) -> int:
     """Serve from a loopback-only namespace, bridging `ports` to this host's loopback."""
     bridges = Path(tempfile.mkdtemp(prefix="sastre-netns-"))
-    argv = [sys.executable, "-m", "serve_app.cli", "run", "--config", str(config), "--inside-namespace", str(bridges)]
+    argv = [sys.executable, "-m", "serve_app.cli", "run", "--config", str(config), "--inside-namespace", str(bridges),
+            "--dashboard-port", str(dashboard_port)]
     child = subprocess.Popen(in_loopback_namespace(argv + ([] if dashboard else ["--no-dashboard"])))
 
     async def bridge() -> None:
@@ -104,6 +105,28 @@ def create_admin(settings: Settings, username: str, from_stdin: bool) -> None:
     print(f"admin user {username!r} created; log in with POST /admin/login")
 
 
+def scale(args: argparse.Namespace) -> None:
+    """Change one deployment's replicas in the running application (serve_app/scaling.py)."""
+    from serve_app.scaling import Scale, ScaleRefused, ServeApi, ray_token, scale_deployment
+
+    if args.min is not None and args.max is not None and args.min > args.max:
+        sys.exit(f"refused: --min {args.min} > --max {args.max}: nothing changed")
+    change = Scale(args.deployment, min_replicas=args.min, max_replicas=args.max, replicas=args.replicas)
+    try:
+        scale_deployment(ServeApi(args.address, ray_token()), change, app=args.app, wait_seconds=args.wait)
+    except ScaleRefused as refused:
+        sys.exit(f"refused: {refused}")
+
+
+def replica_count(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m serve_app.cli")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,12 +135,32 @@ def main(argv: list[str] | None = None) -> None:
     run_parser.add_argument("--config", type=Path, default=LOCAL_CONFIG)
     run_parser.add_argument("--no-dashboard", dest="dashboard", action="store_false",
                             help="skip the Ray dashboard (tests; a second local instance)")
+    run_parser.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT,
+                            help=f"the Ray dashboard's port on 127.0.0.1 (default {DASHBOARD_PORT})")
     run_parser.add_argument("--inside-namespace", type=Path, help=argparse.SUPPRESS)
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
     admin = sub.add_parser("create-admin", help="create an admin user (password read from the terminal or stdin)")
     admin.add_argument("username")
     admin.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    scaler = sub.add_parser("scale", help="change a deployment's replicas in the running application "
+                            "(e.g. scale SdxlTurboGenerator --min 2 --max 6, or --replicas 3)")
+    scaler.add_argument("deployment", help="e.g. SdxlTurboGenerator, Ingress, JobRunner")
+    scaler.add_argument("--replicas", type=replica_count(1), help="a fixed count (autoscaling off)")
+    scaler.add_argument("--min", type=replica_count(0), help="the autoscaler's lower bound")
+    scaler.add_argument("--max", type=replica_count(1), help="the autoscaler's upper bound")
+    scaler.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", f"http://127.0.0.1:{DASHBOARD_PORT}"),
+                        help="the Ray dashboard (default: RAY_DASHBOARD_ADDRESS, as for `serve deploy`, "
+                        f"else http://127.0.0.1:{DASHBOARD_PORT})")
+    scaler.add_argument("--app", help="the Serve application (default: the one holding the deployment)")
+    scaler.add_argument("--wait", type=float, default=60, help="seconds to wait for the new count to run")
     args = parser.parse_args(argv)
+    if args.command == "scale":
+        if args.replicas is not None and (args.min is not None or args.max is not None):
+            parser.error("--replicas is a fixed count: it takes no --min or --max")
+        if args.replicas is None and args.min is None and args.max is None:
+            parser.error("scale needs --replicas N, or --min and/or --max")
+        scale(args)
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()
     if args.command == "prepare":
@@ -128,17 +171,17 @@ def main(argv: list[str] | None = None) -> None:
         # started in the background by a shell that ignores SIGINT for background jobs.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        ports = [http_port(args.config)] + ([DASHBOARD_PORT] if args.dashboard else [])
+        ports = [http_port(args.config)] + ([args.dashboard_port] if args.dashboard else [])
         if args.inside_namespace is None and can_isolate():
             if settings.database_url and "host=/" not in settings.database_url:
                 logging.warning("SASTRE_DATABASE_URL is a TCP address, which a loopback-only namespace cannot "
                                 "reach: Ray's processes will listen on all interfaces")
             else:
-                sys.exit(run_isolated(args.config, args.dashboard, ports))
+                sys.exit(run_isolated(args.config, args.dashboard, args.dashboard_port, ports))
         if args.inside_namespace:
             start_unix_to_tcp(args.inside_namespace, ports)
         prepare(settings)
-        run(args.config, args.dashboard)
+        run(args.config, args.dashboard, args.dashboard_port)
     elif args.command == "stop-db":
         stop_database(settings)
     elif args.command == "create-admin":

@@ -14,6 +14,7 @@ from deployments.rendering import RenderChain
 from deployments.storage import open_storage
 from fastapi import FastAPI
 from serve_app.deps import Services, ingress_sessions
+from serve_app.autoscaling import RUNNER_AUTOSCALING, backlog_stats
 from serve_app.runner import JobRunner, database_connections
 from serve_app.settings import Settings
 from serve_app.web import create_app
@@ -60,11 +61,13 @@ class Ingress:
         return create_app(self.services)
 
 
+# A fixed count written as min = max: Serve collects `record_autoscaling_stats` only from deployments
+# that autoscale, and the backlog policy (serve_app/autoscaling.py) reads it to size the generator.
 @serve.deployment(
     name="JobRunner",
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=8,
-    num_replicas=1,
+    autoscaling_config=RUNNER_AUTOSCALING,
     graceful_shutdown_timeout_s=30,
 )
 class JobRunnerDeployment:
@@ -94,6 +97,11 @@ class JobRunnerDeployment:
 
     def status(self) -> dict:
         return {"owner": self.runner.owner, "active_jobs": sorted(self.runner.active)}
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve calls this every few seconds and hands the numbers to the backlog policy, which sizes the
+        generator from them: the backlog lives in PostgreSQL, where Serve's request counts cannot see it."""
+        return backlog_stats(await self.runner.backlog())
 
     def check_health(self) -> None:
         if self.task.done():

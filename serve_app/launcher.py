@@ -44,6 +44,7 @@ class Launched:
     base_url: str
     startup_seconds: float
     pid: int  # the `serve_app.cli run` process; it leads the session every Ray process of the run is in
+    dashboard_url: str | None = None  # the Ray dashboard (and Serve's REST API), when started with one
 
     def processes(self, title: str) -> list[int]:
         """PIDs of this run's processes whose command line contains `title` (e.g. a replica's name)."""
@@ -63,11 +64,15 @@ class Launched:
 
 @contextmanager
 def serve(workdir: Path, args: dict, import_path: str = "serve_app.app:build_app",
-          ready_path: str = "/health", startup_timeout: float = 240) -> Iterator[Launched]:
+          ready_path: str = "/health", startup_timeout: float = 240, *, dashboard: bool = False,
+          app_options: dict | None = None, deployment_options: dict[str, dict] | None = None) -> Iterator[Launched]:
     """Start the app, wait for the first 200 on `ready_path`, yield where it is; stop it on exit.
 
     `args` are application settings (they also go to the child's environment as SASTRE_*); an
     `import_path` other than the app's runs that app instead, with default deployment options.
+    `dashboard` starts Ray's dashboard (and Serve's REST API) on a free loopback port;
+    `app_options` and `deployment_options` (by deployment name; a None value removes that key) change
+    the local Serve config, e.g. to autoscale a deployment.
     """
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -77,6 +82,13 @@ def serve(workdir: Path, args: dict, import_path: str = "serve_app.app:build_app
     app["import_path"] = import_path
     args = {**args, "public_base_url": base_url}
     app["args"] = args
+    app.update(app_options or {})
+    for deployment in app["deployments"]:
+        for key, value in (deployment_options or {}).get(deployment["name"], {}).items():
+            if value is None:
+                deployment.pop(key, None)
+            else:
+                deployment[key] = value
     if import_path != "serve_app.app:build_app":
         app.pop("deployments")
         app.pop("args")
@@ -87,7 +99,9 @@ def serve(workdir: Path, args: dict, import_path: str = "serve_app.app:build_app
     log_path = workdir / f"serve-{port}.log"
     log = log_path.open("wb")
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "serve_app.cli", "run", "--config", str(path), "--no-dashboard"],
+    dashboard_port = free_port() if dashboard else None
+    options = ["--dashboard-port", str(dashboard_port)] if dashboard_port else ["--no-dashboard"]
+    process = subprocess.Popen([sys.executable, "-m", "serve_app.cli", "run", "--config", str(path), *options],
                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     try:
         deadline = started + startup_timeout
@@ -100,7 +114,8 @@ def serve(workdir: Path, args: dict, import_path: str = "serve_app.app:build_app
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        yield Launched(base_url, time.perf_counter() - started, process.pid)
+        dashboard_url = f"http://127.0.0.1:{dashboard_port}" if dashboard_port else None
+        yield Launched(base_url, time.perf_counter() - started, process.pid, dashboard_url)
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -182,6 +182,15 @@ class JobRunner:
             del self.active[job_id], self.leases[job_id]
         self._wake.set()  # capacity freed: look for more work now
 
+    async def backlog(self) -> jobs.Backlog:
+        """The queue's depth for Serve's autoscaler: one query on a loop thread (and its connection), no retry,
+        since Serve asks again in a few seconds."""
+        return await self._in(self._db_threads, self._backlog)
+
+    def _backlog(self) -> jobs.Backlog:
+        with self.sessions() as session:
+            return jobs.backlog(session)
+
     def _claim(self, limit: int, held: list[str]) -> list[jobs.Lease]:
         with self.sessions.begin() as session:
             return [jobs.lease_of(job) for job in jobs.claim_jobs(session, self.owner, limit, self.lease_seconds, held)]

@@ -9,9 +9,11 @@ import jsonschema
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.serve.config import AutoscalingPolicy
 from ray.serve.schema import ServeDeploySchema
 
 from deployments.model_sources import ModelSources
+from serve_app.autoscaling import BacklogPolicy
 from serve_app.cli import LOCAL_CONFIG
 from serve_app.settings import Settings
 
@@ -49,6 +51,19 @@ def test_production_serve_config_uses_pretrained_weights_on_autoscaled_gpus():
     assert generator.ray_actor_options.num_gpus > 0.5
     assert generator.autoscaling_config["max_replicas"] > generator.autoscaling_config["min_replicas"]
     Settings(**app.args)  # the args are valid settings
+
+
+def test_production_generator_follows_the_backlog_policy_that_serve_loads():
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text()))
+    app = config.applications[0]
+    policy = AutoscalingPolicy(**app.autoscaling_policy)  # Serve imports and pickles it the same way
+    loaded = policy.get_policy()(**policy.policy_kwargs)
+    assert isinstance(loaded, BacklogPolicy) and loaded.cuts_per_second > 0 and loaded.drain_seconds > 0
+    deployments = _deployments(config)
+    runner = deployments["JobRunner"].autoscaling_config  # the backlog reports flow only from an autoscaler
+    assert runner["min_replicas"] == runner["max_replicas"] >= 1
+    # Serve 2.60 ignores a deployment-level `policy: {name: ...}` without a word: none may hide here.
+    assert all("policy" not in (d.autoscaling_config or {}) for d in deployments.values())
 
 
 def test_local_serve_config_is_loopback_cpu_only_and_auto():

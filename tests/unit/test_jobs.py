@@ -193,6 +193,23 @@ def test_backlog_check_counts_only_pending(sessions):
     assert len(ids) == 3
 
 
+def test_backlog_counts_pending_cuts_cuts_in_flight_and_the_oldest_wait(sessions):
+    with sessions.begin() as s:
+        assert jobs.backlog(s) == jobs.Backlog(0, 0, 0, 0.0)
+    ids = _create(sessions, 2, cuts=("recto", "cruzado", "smoking")) + _create(sessions, 2, cuts=("recto",))
+    with sessions.begin() as s:
+        s.execute(update(GenerationJob).where(GenerationJob.job_id == ids[0])
+                  .values(created_at=text("now() - interval '90 seconds'")))
+        s.execute(update(GenerationJob).where(GenerationJob.job_id == ids[1])
+                  .values(created_at=text("now() - interval '40 seconds'")))
+        jobs.claim_jobs(s, "o", 1, 30)  # the oldest: 3 cuts now in flight
+        jobs.request_cancel(s, ids[3])  # canceled: no longer backlog
+    with sessions.begin() as s:
+        backlog = jobs.backlog(s)
+    assert (backlog.pending_jobs, backlog.pending_cuts, backlog.cuts_in_flight) == (2, 4, 3)
+    assert 40 <= backlog.oldest_pending_seconds < 60  # the 90 s old job is in hand; the 40 s old one waits
+
+
 def test_idempotency_key_is_unique(sessions):
     import pytest
     from sqlalchemy.exc import IntegrityError
