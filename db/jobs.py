@@ -141,6 +141,35 @@ def backlog_at_least(session: Session, limit: int) -> bool:
     return session.scalar(select(func.count()).select_from(due)) >= limit
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """The queue at a glance: what runners publish as metrics (and may report to Serve's autoscaler)."""
+
+    pending_jobs: int
+    pending_cuts: int  # cuts of pending jobs not yet finished (a re-queued job keeps its finished ones)
+    cuts_in_flight: int  # cuts of processing jobs not yet finished
+    oldest_pending_seconds: float  # 0 when nothing is pending
+
+
+_BACKLOG = text("""
+    SELECT count(*) FILTER (WHERE status = 'pending'),
+           coalesce(sum(open_cuts) FILTER (WHERE status = 'pending'), 0),
+           coalesce(sum(open_cuts) FILTER (WHERE status = 'processing'), 0),
+           coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending')), 0)
+    FROM (SELECT status, created_at,
+                 json_array_length(cuts) - (SELECT count(*) FROM jsonb_each(cut_progress) AS cut
+                                            WHERE cut.value ->> 'status' = 'completed') AS open_cuts
+          FROM generation_jobs WHERE status IN ('pending', 'processing')) AS unfinished
+""")
+
+
+def backlog(session: Session) -> Backlog:
+    """One aggregate over the unfinished rows only (both statuses are partially indexed), so it stays
+    cheap to run on every runner tick."""
+    pending, cuts, in_flight, oldest = session.execute(_BACKLOG).one()
+    return Backlog(int(pending), int(cuts), int(in_flight), float(oldest))
+
+
 def request_cancel(session: Session, job_id: str) -> str | None:
     """Cancel a job: "canceled" (it was pending), "requested" (a runner stops it at the next cut
     boundary), "final" (already finished: nothing to cancel), or None for an unknown job."""
