@@ -143,28 +143,31 @@ def backlog_at_least(session: Session, limit: int) -> bool:
 
 @dataclass(frozen=True)
 class Backlog:
-    """The queue as the GPUs see it: work waiting, work in hand, and how long the oldest job has waited."""
+    """The queue at a glance: what runners publish as metrics (and may report to Serve's autoscaler)."""
 
     pending_jobs: int
-    pending_cuts: int
-    cuts_in_flight: int
-    oldest_pending_seconds: float
+    pending_cuts: int  # cuts of pending jobs not yet finished (a re-queued job keeps its finished ones)
+    cuts_in_flight: int  # cuts of processing jobs not yet finished
+    oldest_pending_seconds: float  # 0 when nothing is pending
+
+
+_BACKLOG = text("""
+    SELECT count(*) FILTER (WHERE status = 'pending'),
+           coalesce(sum(open_cuts) FILTER (WHERE status = 'pending'), 0),
+           coalesce(sum(open_cuts) FILTER (WHERE status = 'processing'), 0),
+           coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending')), 0)
+    FROM (SELECT status, created_at,
+                 json_array_length(cuts) - (SELECT count(*) FROM jsonb_each(cut_progress) AS cut
+                                            WHERE cut.value ->> 'status' = 'completed') AS open_cuts
+          FROM generation_jobs WHERE status IN ('pending', 'processing')) AS unfinished
+""")
 
 
 def backlog(session: Session) -> Backlog:
-    """One aggregate over the pending and processing rows (both have a partial index), cheap enough to
-    run every few seconds: the JobRunner reports it to Serve's autoscaler, which sizes the generator."""
-    pending = GenerationJob.status == "pending"
-    cuts = func.json_array_length(GenerationJob.cuts)
-    row = session.execute(
-        select(
-            func.count().filter(pending),
-            func.coalesce(func.sum(cuts).filter(pending), 0),
-            func.coalesce(func.sum(cuts).filter(GenerationJob.status == "processing"), 0),
-            func.coalesce(func.extract("epoch", func.now() - func.min(GenerationJob.created_at).filter(pending)), 0),
-        ).where(GenerationJob.status.in_(("pending", "processing")))
-    ).one()
-    return Backlog(int(row[0]), int(row[1]), int(row[2]), max(0.0, float(row[3])))
+    """One aggregate over the unfinished rows only (both statuses are partially indexed), so it stays
+    cheap to run on every runner tick."""
+    pending, cuts, in_flight, oldest = session.execute(_BACKLOG).one()
+    return Backlog(int(pending), int(cuts), int(in_flight), float(oldest))
 
 
 def request_cancel(session: Session, job_id: str) -> str | None:

@@ -22,6 +22,7 @@ import torch
 from cachetools import LRUCache, cached
 from PIL import Image
 
+from deployments import metrics
 from deployments.denoising import TurboBatch, TurboDenoiser
 from deployments.graphs import BucketedRunner, cuda_graph_builder
 from deployments.model_loading import LoadedPipeline, load_pipeline
@@ -105,6 +106,8 @@ class SdxlTurboModel:
         # at a time, under `_lock` (or in warm-up, before the replica takes traffic).
         self.prompt_embeddings = cached(LRUCache(512), key=lambda prompt: prompt, info=True)(self._encode_prompt)
         self.image_embeddings = cached(LRUCache(256), key=_swatch_digest, info=True)(self._encode_swatch)
+        self.cache_counters = metrics.CacheCounters({"prompt_embedding": self.prompt_embeddings,
+                                                     "swatch_embedding": self.image_embeddings})
         # One batch at a time: the IP-Adapter scale is pipeline-wide state, graphs own their buffers,
         # and the fast tokenizers change their truncation settings per call.
         self._lock = threading.Lock()
@@ -148,7 +151,9 @@ class SdxlTurboModel:
         if not requests:
             return []
         with self._lock:
-            return self._generate(requests)
+            images = self._generate(requests)
+        self.cache_counters.publish()
+        return images
 
     @torch.inference_mode()
     def warm_up(self, height: int, width: int, progress: Callable[[str], None] | None = None) -> None:
@@ -167,6 +172,7 @@ class SdxlTurboModel:
                 if progress is not None:
                     what = "captured CUDA graph" if self.graphs else "ran eagerly"
                     progress(f"warm-up: batch {size} at {width}x{height} {what} in {time.perf_counter() - start:.1f} s")
+        self.cache_counters.skip()
 
     def _generate(self, requests: list[CutRequest]) -> list[CutImage]:
         prepared = [(request, *self.image_embeddings(request.swatch)) for request in requests]

@@ -10,6 +10,8 @@ import numpy as np
 from cachetools import LRUCache, cached
 from PIL import Image
 
+from deployments import metrics
+
 DETECTORS = ("canny",)
 
 
@@ -25,12 +27,15 @@ class ControlMapper:
         # The preprocessor replica calls in from several threads at once: the lock guards the cache's
         # bookkeeping, not the detector (two threads missing on one key both compute the same map).
         self.maps = cached(LRUCache(cache_size), key=_map_key, lock=threading.Lock(), info=True)(self._map)
+        self.cache_counters = metrics.CacheCounters({"control_map": self.maps})
 
     def control_map(self, template_png: bytes, cut: str, detector: str = "canny", resolution: int = 512) -> np.ndarray:
         """Return the HxWx3 uint8 control map for `cut` at `resolution`, cached per (cut, detector, size)."""
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")
-        return self.maps(template_png, cut, detector, resolution)
+        control = self.maps(template_png, cut, detector, resolution)
+        self.cache_counters.publish()
+        return control
 
     def _map(self, template_png: bytes, cut: str, detector: str, resolution: int) -> np.ndarray:
         template = Image.open(io.BytesIO(template_png)).convert("RGB")

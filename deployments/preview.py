@@ -26,6 +26,8 @@ import numpy as np
 from cachetools import LRUCache, cached
 from PIL import Image, ImageFilter
 
+from deployments import metrics
+
 LEGEND_KEY = "sastre-regions"  # the regions PNG's text chunk naming each label (catalog/templates.py)
 SWATCH_FORMATS = {"JPEG", "PNG", "WEBP"}
 SWATCH_SPAN_CM = 10.0  # cloth shown across a swatch image's shorter side
@@ -171,6 +173,8 @@ class PreviewRenderer:
                             lock=threading.Lock(), info=True)(lambda digest, swatch, tile: decode_tile(swatch, tile))
         self.templates = cached(LRUCache(template_cache_size), key=_template_key, lock=threading.Lock(),
                                 info=True)(prepare_template)
+        self.cache_counters = metrics.CacheCounters({"preview": self.previews, "preview_tile": self.tiles,
+                                                     "preview_template": self.templates})
 
     def template(self, template: CutTemplate, size: int = 512) -> PreparedTemplate:
         """The template prepared at `size`, cached per (cut, size, template content)."""
@@ -181,7 +185,9 @@ class PreviewRenderer:
 
         Raises `UnreadableSwatch` for bytes that are not a JPEG, PNG or WebP image.
         """
-        return self.previews(hashlib.sha256(swatch).digest(), swatch, template, size)
+        preview = self.previews(hashlib.sha256(swatch).digest(), swatch, template, size)
+        self.cache_counters.publish()
+        return preview
 
     def _render(self, digest: bytes, swatch: bytes, template: CutTemplate, size: int) -> bytes:
         prepared = self.template(template, size)

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from ray import serve
 
+from deployments import metrics
 from deployments.finishing import Finisher
 from deployments.generation import Acceleration, CutGenerator, CutImage, CutRequest, SdxlTurboModel
 from deployments.model_loading import load_pipeline
@@ -44,7 +45,7 @@ class ControlNetPreprocessor:
 
     async def control_map(self, template_png: bytes, cut: str, detector: str, resolution: int) -> np.ndarray:
         work = asyncio.to_thread(self.calls.run, self.mapper.control_map, template_png, cut, detector, resolution)
-        return await bounded("preprocess", self.stage_timeout_s, work)
+        return await metrics.timed("preprocess", bounded("preprocess", self.stage_timeout_s, work))
 
     def check_health(self) -> None:
         """Fails while a control-map call has been running longer than the stage timeout."""
@@ -83,7 +84,10 @@ class SdxlTurboGenerator:
     # fails that cut alone; two batches in flight: while one holds the model (the GPU), the next gathers.
     @serve.batch(max_concurrent_batches=2)
     async def generate_batch(self, requests: list[CutRequest]) -> list[CutImage]:
-        return await asyncio.to_thread(self.model_calls.run, self._generate, requests)
+        metrics.batch_formed(len(requests))
+        images = await asyncio.to_thread(self.model_calls.run, self._generate, requests)
+        metrics.ip_adapter_fell_back(sum(image.ip_adapter_fallback for image in images))
+        return images
 
     def _generate(self, requests: list[CutRequest]) -> list[CutImage]:
         while self.fault_stall_file and os.path.exists(self.fault_stall_file):
@@ -94,7 +98,7 @@ class SdxlTurboGenerator:
         """One cut, bounded by the stage timeout. A swatch that is gone falls back to IP-Adapter scale 0
         (`CutGenerator.request`); a store that does not answer fails the call, and the runner retries the cut."""
         work = self._generate_one(prompt, control_image, swatch_key, seed)
-        return await bounded("generate", self.stage_timeout_s, work)
+        return await metrics.timed("generate", bounded("generate", self.stage_timeout_s, work))
 
     async def _generate_one(self, prompt: str, control_image: np.ndarray, swatch_key: str | None,
                             seed: int) -> CutImage:
@@ -123,7 +127,8 @@ class ImageFinisher:
         self.stage_timeout_s = stage_timeout_s
 
     async def finish(self, image: CutImage, key: str) -> dict:
-        return await bounded("finish", self.stage_timeout_s, asyncio.to_thread(self.finisher.finish, image, key))
+        work = asyncio.to_thread(self.finisher.finish, image, key)
+        return await metrics.timed("finish", bounded("finish", self.stage_timeout_s, work))
 
     def check_health(self) -> None:
         self.finisher.storage.check()

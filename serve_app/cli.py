@@ -33,14 +33,16 @@ def http_port(config: Path) -> int:
     return int(yaml.safe_load(config.read_text()).get("http_options", {}).get("port", 8000))
 
 
-def run(config: Path, dashboard: bool = True, dashboard_port: int = DASHBOARD_PORT) -> None:
-    """Serve in this process: Ray's `serve run`, in the current network namespace."""
+def run(config: Path, dashboard: bool, dashboard_port: int, metrics_port: int) -> None:
+    """Serve in this process: Ray's `serve run`, in the current network namespace, with Ray's Prometheus
+    endpoint (Serve's metrics and ours) at 127.0.0.1:`metrics_port`/metrics."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray.serve.scripts import cli as serve_cli
 
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             dashboard_port=dashboard_port, namespace="serve")
+             dashboard_port=dashboard_port, namespace="serve", _metrics_export_port=metrics_port)
+    logging.info("metrics (Prometheus): http://127.0.0.1:%d/metrics", metrics_port)
     serve_cli.main(["run", str(config)], prog_name="serve")
 
 
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         # started in the background by a shell that ignores SIGINT for background jobs.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        ports = [http_port(args.config)] + ([args.dashboard_port] if args.dashboard else [])
+        ports = [http_port(args.config), settings.metrics_export_port] + ([args.dashboard_port] if args.dashboard else [])
         if args.inside_namespace is None and can_isolate():
             if settings.database_url and "host=/" not in settings.database_url:
                 logging.warning("SASTRE_DATABASE_URL is a TCP address, which a loopback-only namespace cannot "
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.inside_namespace:
             start_unix_to_tcp(args.inside_namespace, ports)
         prepare(settings)
-        run(args.config, args.dashboard, args.dashboard_port)
+        run(args.config, args.dashboard, args.dashboard_port, settings.metrics_export_port)
     elif args.command == "stop-db":
         stop_database(settings)
     elif args.command == "create-admin":

@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from deployments import metrics
+
 logger = logging.getLogger("sastre.api")
 
 
@@ -43,12 +45,14 @@ async def database_unavailable(request: Request, exc: DBAPIError) -> JSONRespons
     if isinstance(exc.orig, QueryCanceled):
         return await database_busy(request, exc)
     logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+    metrics.refused("database_unavailable")
     return JSONResponse({"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "2"})
 
 
 async def database_busy(request: Request, exc: Exception) -> JSONResponse:
     """No pooled connection in time, or a statement past its timeout: overload, so retry a little later."""
     logger.warning("database busy on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+    metrics.refused("database_busy")
     return JSONResponse({"detail": "service busy, retry shortly"}, status_code=503, headers={"Retry-After": "2"})
 
 

@@ -44,6 +44,7 @@ class Launched:
     base_url: str
     startup_seconds: float
     pid: int  # the `serve_app.cli run` process; it leads the session every Ray process of the run is in
+    metrics_url: str  # Ray's Prometheus endpoint: Serve's metrics and the service's (deployments/metrics.py)
     dashboard_url: str | None = None  # the Ray dashboard (and Serve's REST API), when started with one
 
     def processes(self, title: str) -> list[int]:
@@ -94,7 +95,8 @@ def serve(workdir: Path, args: dict, import_path: str = "serve_app.app:build_app
         app.pop("args")
     path = workdir / f"config-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+    metrics_port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "SASTRE_METRICS_EXPORT_PORT": str(metrics_port),
            **{f"SASTRE_{k.upper()}": str(v) for k, v in args.items()}}
     log_path = workdir / f"serve-{port}.log"
     log = log_path.open("wb")
@@ -115,7 +117,8 @@ def serve(workdir: Path, args: dict, import_path: str = "serve_app.app:build_app
                 pass
             time.sleep(0.2)
         dashboard_url = f"http://127.0.0.1:{dashboard_port}" if dashboard_port else None
-        yield Launched(base_url, time.perf_counter() - started, process.pid, dashboard_url)
+        yield Launched(base_url, time.perf_counter() - started, process.pid,
+                       f"http://127.0.0.1:{metrics_port}/metrics", dashboard_url)
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -23,6 +23,8 @@ from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from deployments import metrics
+
 logger = logging.getLogger("sastre.api")
 
 MAX_CLIENT_KEY = 64  # characters of an address kept in a counter's key
@@ -78,6 +80,7 @@ class RateLimits:
                 logger.warning("rate limit store unavailable (%s); %s not limited", type(exc).__name__, route)
                 return
             retry_after = max(1, math.ceil(reset_at - time.time()))
+            metrics.rate_limited(route)
             raise HTTPException(429, f"too many requests: the limit is {limit} per client; retry in {retry_after} s",
                                 headers={"Retry-After": str(retry_after)})
 

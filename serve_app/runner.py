@@ -32,6 +32,7 @@ from catalog.prompts import build_prompt
 from db import jobs
 from db.catalog import find_family_and_color
 from db.models import GenerationJob
+from deployments import metrics
 from deployments.rendering import CutTask
 from deployments.storage import UPLOAD_PREFIX, Storage
 from serve_app.job_inputs import forget_swatch
@@ -193,15 +194,25 @@ class JobRunner:
 
     def _claim(self, limit: int, held: list[str]) -> list[jobs.Lease]:
         with self.sessions.begin() as session:
-            return [jobs.lease_of(job) for job in jobs.claim_jobs(session, self.owner, limit, self.lease_seconds, held)]
+            claimed = jobs.claim_jobs(session, self.owner, limit, self.lease_seconds, held)
+        for job in claimed:
+            if job.attempts == 1:  # queue wait is the first claim's; a re-queued job's rescue is not
+                metrics.job_claimed((job.started_at - job.created_at).total_seconds())
+        return [jobs.lease_of(job) for job in claimed]
 
     def _housekeeping(self) -> None:
         """Every tick: re-queue jobs whose runner or attempt died. Every few minutes: expire old uploads."""
         with self.sessions.begin() as session:
             # Attempts running here are renewed by our heartbeat: a late renewal must not make us rescue
             # ourselves. A job of ours whose attempt died (say in a database outage) is rescued like any.
-            for job_id, status in jobs.release_expired_leases(session, spare=list(self.leases.values())):
+            rescued = jobs.release_expired_leases(session, spare=list(self.leases.values()))
+            for job_id, status in rescued:
                 logger.warning("job %s lost its runner's lease; now %s", job_id, status)
+            backlog = jobs.backlog(session)
+        for _ in range(sum(status == "failed" for _, status in rescued)):  # out of attempts: a final write
+            metrics.job_finished("failed")
+        metrics.backlog_sampled(backlog.pending_jobs, backlog.pending_cuts, backlog.cuts_in_flight,
+                                backlog.oldest_pending_seconds)
         if self.storage is not None and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
             removed = self.storage.delete_older_than(UPLOAD_PREFIX, self.upload_ttl_seconds)
@@ -349,8 +360,11 @@ class JobRunner:
     def _finish(self, operation, lease: jobs.Lease, *args) -> bool:
         """The attempt's last write; False (and nothing changed) when the attempt had lost its lease."""
         with self.sessions.begin() as session:
-            if operation(session, lease, *args):
-                return True
+            job = jobs.get_job(session, lease.job_id) if operation(session, lease, *args) else None
+        if job is not None:  # committed: count it, and a completed job's end-to-end latency (database clock)
+            latency = (job.completed_at - job.created_at).total_seconds()
+            metrics.job_finished(job.status, latency if job.status == "completed" else None)
+            return True
         logger.warning("job %s: its lease was lost before %s; the write was refused", lease.job_id,
                        operation.__name__)
         return False

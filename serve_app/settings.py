@@ -100,6 +100,9 @@ class Settings(BaseSettings):
                                          "long; the client resumes with Last-Event-ID (EventSource does so by "
                                          "itself). Keep it under the proxy's request_timeout_s, if one is set")
 
+    metrics_export_port: int = Field(default=8080, ge=1, le=65535, description="local run: where Ray's Prometheus "
+                                     "endpoint (/metrics on 127.0.0.1) exports Serve's metrics and ours")
+
     @field_validator("rate_limit_generate", "rate_limit_upload")
     @classmethod
     def _parses_as_limits(cls, value: str) -> str:

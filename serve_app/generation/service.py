@@ -20,6 +20,7 @@ from catalog.loader import color_swatch_key
 from db import jobs
 from db.catalog import find_active_color
 from db.models import GenerationJob
+from deployments import metrics
 from deployments.storage import ObjectMissing, Storage, StorageError
 from serve_app.deps import Services
 from serve_app.generation.schemas import CutProgress, GenerateAccepted, GenerateRequest, JobOut
@@ -77,6 +78,7 @@ def _create(services: Services, body: GenerateRequest, idempotency_key: str | No
             if existing is not None:
                 return _replay(existing, request_hash)
         if services.backlog.is_full(session):
+            metrics.refused("backlog_full")
             raise HTTPException(429, "too many jobs waiting; retry shortly", headers={"Retry-After": "5"})
         family, color = find_active_color(session, body.family_id, body.color_id)
         if family is None:
@@ -100,6 +102,7 @@ def _create(services: Services, body: GenerateRequest, idempotency_key: str | No
         except BaseException:
             forget_swatch(services.storage, job_id, swatch_key)  # nothing half-written stays behind
             raise
+    metrics.job_created()
     return accepted(job)
 
 
@@ -152,6 +155,7 @@ def cancel(services: Services, job_id: str) -> GenerationJob:
     job = find_job(services, job_id)
     if outcome == "final":
         raise HTTPException(409, f"job {job_id} is already {job.status}")
-    if outcome == "canceled":
+    if outcome == "canceled":  # a pending job's final write is this one; a runner counts the others
+        metrics.job_finished("canceled")
         forget_swatch(services.storage, job_id, job.swatch_key)
     return job
