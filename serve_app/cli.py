@@ -40,7 +40,7 @@ def run(config: Path, dashboard: bool = True, dashboard_port: int = DASHBOARD_PO
     from ray.serve.scripts import cli as serve_cli
 
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             dashboard_port=dashboard_port, namespace="serve")
+             dashboard_port=dashboard_port if dashboard else None, namespace="serve")
     serve_cli.main(["run", str(config)], prog_name="serve")
 
 
