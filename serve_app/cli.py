@@ -41,7 +41,8 @@ def run(config: Path, dashboard: bool, dashboard_port: int, metrics_port: int) -
     from ray.serve.scripts import cli as serve_cli
 
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             dashboard_port=dashboard_port, namespace="serve", _metrics_export_port=metrics_port)
+             dashboard_port=dashboard_port if dashboard else None, namespace="serve",
+             _metrics_export_port=metrics_port)
     logging.info("metrics (Prometheus): http://127.0.0.1:%d/metrics", metrics_port)
     serve_cli.main(["run", str(config)], prog_name="serve")
 
