@@ -48,7 +48,8 @@ def main() -> None:
                 "model_profile": "tiny-random", "image_size": args.size, "poll_seconds": 0.5,
                 "rate_limit_generate": "1000000/minute"}
     rendered, cached = [], []
-    with serve(workdir, settings) as launched, httpx.Client(base_url=launched.base_url, timeout=120) as client:
+    with serve(workdir, settings, startup_timeout=600) as launched, \
+            httpx.Client(base_url=launched.base_url, timeout=120) as client:
         for seed in range(args.jobs + 1):
             body = {**NAVY, "cuts": ["recto", "cruzado"], "seed": 100 + 2 * seed}
             first, job = job_seconds(client, body, args.poll_ms / 1e3)
