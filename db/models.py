@@ -117,3 +117,30 @@ class AdminLoginFailure(Base):
     username: Mapped[str] = mapped_column(String, nullable=False)
     address: Mapped[str] = mapped_column(String, nullable=False)
     failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class RenderCacheEntry(Base):
+    """A completed cut's stored image, keyed by the hash of every input that decides its pixels."""
+
+    __tablename__ = "render_cache"
+    __table_args__ = (
+        Index("ix_render_cache_color", "color_id"),
+        Index("ix_render_cache_family", "family_id"),
+    )
+
+    key_hash: Mapped[str] = mapped_column(String, primary_key=True)
+    family_id: Mapped[str] = mapped_column(String, nullable=False)
+    color_id: Mapped[str] = mapped_column(String, nullable=False)
+    cut: Mapped[str] = mapped_column(String, nullable=False)
+    seed: Mapped[int] = mapped_column(Integer, nullable=False)
+    swatch_sha256: Mapped[str] = mapped_column(String, nullable=False)
+    template_sha256: Mapped[str] = mapped_column(String, nullable=False)
+    prompt: Mapped[str] = mapped_column(Text, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)  # profile, weight sources, render version
+    image_size: Mapped[int] = mapped_column(Integer, nullable=False)
+    steps: Mapped[int] = mapped_column(Integer, nullable=False)
+    detector: Mapped[str] = mapped_column(String, nullable=False)
+    watermark: Mapped[str] = mapped_column(String, nullable=False)
+    object_key: Mapped[str] = mapped_column(String, nullable=False)  # the cut that made the entry; hits point here
+    job_id: Mapped[str] = mapped_column(String, nullable=False)  # that cut's job
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

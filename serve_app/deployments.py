@@ -15,6 +15,7 @@ from deployments.storage import open_storage
 from fastapi import FastAPI
 from serve_app.deps import Services, ingress_sessions
 from serve_app.autoscaling import RUNNER_AUTOSCALING, backlog_stats
+from serve_app.render_cache import RenderSettings
 from serve_app.runner import JobRunner, database_connections
 from serve_app.settings import Settings
 from serve_app.web import create_app
@@ -90,7 +91,7 @@ class JobRunnerDeployment:
             concurrency=config.runner_concurrency, lease_seconds=config.lease_seconds,
             poll_seconds=config.poll_seconds, storage=open_storage(storage),
             upload_ttl_seconds=config.upload_ttl_hours * 3600, cut_attempts=config.cut_attempts,
-            cut_retry_seconds=config.cut_retry_seconds,
+            cut_retry_seconds=config.cut_retry_seconds, render=RenderSettings.of(config),
         )
         self.grace_seconds = config.shutdown_grace_seconds
         self.task = asyncio.get_running_loop().create_task(self.runner.run_forever())

@@ -36,6 +36,7 @@ from deployments import metrics
 from deployments.rendering import CutTask
 from deployments.storage import UPLOAD_PREFIX, Storage
 from serve_app.job_inputs import forget_swatch
+from serve_app.render_cache import RenderCache, RenderSettings
 from serve_app.settings import Settings
 
 logger = logging.getLogger("sastre.runner")
@@ -92,6 +93,7 @@ class JobRunner:
         upload_ttl_seconds: float = DEFAULTS["upload_ttl_hours"].default * 3600,
         cut_attempts: int = DEFAULTS["cut_attempts"].default,
         cut_retry_seconds: float = DEFAULTS["cut_retry_seconds"].default,
+        render: RenderSettings | None = None,
     ) -> None:
         self.sessions = sessions
         self.database_url = libpq_url(database_url)
@@ -104,6 +106,8 @@ class JobRunner:
         self.cut_retry_seconds = cut_retry_seconds
         self.storage = storage
         self.upload_ttl_seconds = upload_ttl_seconds
+        # The render cache needs the stored images; None (no render settings, no storage): every cut renders.
+        self.cache = RenderCache(sessions, storage, catalog, render) if render and storage else None
         self._next_sweep = 0.0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.db_attempts = DB_ATTEMPTS
@@ -181,6 +185,8 @@ class JobRunner:
     def _finished(self, job_id: str, task: asyncio.Task) -> None:
         if self.active.get(job_id) is task:
             del self.active[job_id], self.leases[job_id]
+            if self.cache is not None:
+                self.cache.close(job_id)
         self._wake.set()  # capacity freed: look for more work now
 
     async def backlog(self) -> jobs.Backlog:
@@ -277,7 +283,9 @@ class JobRunner:
                 ))
             done = {cut: entry for cut, entry in job.cut_progress.items()
                     if entry.get("status") == "completed" and entry.get("key")}
-            return tasks, done
+        if self.cache is not None:
+            self.cache.plan(job, tasks)
+        return tasks, done
 
     @staticmethod
     async def _in(pool: ThreadPoolExecutor, fn, *args):
@@ -334,7 +342,12 @@ class JobRunner:
             logger.info("job %s completed (%d cuts, %d reused from an earlier attempt)", job_id, len(tasks), len(done))
 
     async def _run_cut(self, lease: jobs.Lease, task: CutTask) -> dict:
-        """One cut, retried with backoff; the cancel flag is checked at every cut boundary."""
+        """One cut, retried with backoff; the cancel flag is checked at every cut boundary.
+
+        A cut the render cache has is not rendered: its stored image completes it at once."""
+        if self.cache is not None and (hit := await self._db(self.cache.lookup, task)) is not None:
+            await self._db(self._record, lease, task.cut, hit)
+            return hit
         for attempt in range(1, self.cut_attempts + 1):
             if await self._db(self._cancel_requested, task.job_id):
                 raise JobCanceled()
@@ -352,9 +365,11 @@ class JobRunner:
                                task.job_id, task.cut, attempt, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
         entry = {"status": "completed", "seed": task.seed, "url": result["url"], "key": result["key"],
-                 "ip_adapter_fallback": result["ip_adapter_fallback"], "attempt": attempt,
+                 "ip_adapter_fallback": result["ip_adapter_fallback"], "attempt": attempt, "cached": False,
                  "finished_at": datetime.now(timezone.utc).isoformat()}
         await self._db(self._record, lease, task.cut, entry)
+        if self.cache is not None:
+            await self._db(self.cache.remember, task, entry)
         return entry
 
     def _finish(self, operation, lease: jobs.Lease, *args) -> bool:

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
                                       "more cuts before it runs")
     control_detector: Literal["canny"] = "canny"
     watermark_text: str = "SASTRE"
+    render_cache: bool = Field(default=True, description="serve a cut whose every input matches a completed one "
+                               "from its stored image; always off with model_profile auto (serve_app/render_cache.py)")
+    render_cache_version: str = Field(default="1", description="part of every render-cache key: change it after "
+                                      "replacing weights in place (same hub id or directory) or code that changes "
+                                      "pixels, and no earlier entry is reused")
+    catalog_seed: int = Field(default=1000, ge=0, le=2**31 - 1 - 16, description="the seed of the catalog's default "
+                              "views: POST /admin/renders/prewarm renders every active color x cut at it, and a shop "
+                              "asking for one cut at this seed gets the pre-rendered image at once")
 
     jwt_secret: SecretStr | None = Field(default=None, description="admin token signing key; required in production")
     jwt_lifetime_minutes: int = Field(default=60, ge=1, le=24 * 60)

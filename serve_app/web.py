@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve_app.admin.auth import routes as admin_auth
 from serve_app.admin.fabrics import routes as admin_fabrics
 from serve_app.admin.generations import routes as admin_generations
+from serve_app.admin.renders import routes as admin_renders
 from serve_app.catalog import routes as catalog
 from serve_app.client import mount_client
 from serve_app.deps import Services
@@ -25,7 +26,8 @@ from serve_app.health import routes as health
 from serve_app.preview import routes as preview
 from serve_app.uploads import routes as uploads
 
-FEATURES = (catalog, preview, generation, uploads, health, admin_auth, admin_fabrics, admin_generations)
+FEATURES = (catalog, preview, generation, uploads, health, admin_auth, admin_fabrics, admin_generations,
+            admin_renders)
 
 
 def create_app(services: Services) -> FastAPI:

@@ -79,7 +79,7 @@ def engine(database_url: str):
 def sessions(engine) -> Iterator[sessionmaker[Session]]:
     """A session factory over a clean schema (tables emptied before each test)."""
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE generation_jobs, colors, fabric_families, admin_users, admin_login_failures "
+        conn.execute(text("TRUNCATE generation_jobs, colors, fabric_families, admin_users, admin_login_failures, render_cache "
                           "RESTART IDENTITY CASCADE"))
     yield make_sessionmaker(engine)
 

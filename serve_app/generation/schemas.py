@@ -39,6 +39,8 @@ class CutProgress(BaseModel):
     seed: int
     url: str | None = None
     ip_adapter_fallback: bool | None = None
+    cached: bool | None = Field(default=None, description="on a completed cut: true when its image came from the "
+                                "render cache (an earlier cut with the very same inputs), false when rendered")
     preview_url: str | None = Field(default=None, description="the cut's instant preview until its render is in")
 
 

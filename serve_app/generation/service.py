@@ -126,6 +126,7 @@ def job_out(job: GenerationJob, storage: Storage) -> JobOut:
         progress.append(CutProgress(cut=cut, status=entry.get("status", "pending"),
                                     seed=entry.get("seed", seeds[index] if seeds else 0), url=url,
                                     ip_adapter_fallback=entry.get("ip_adapter_fallback"),
+                                    cached=entry.get("cached", False) if entry.get("status") == "completed" else None,
                                     preview_url=preview_url(cut, color_id=job.color_id, swatch_url=job.swatch_url)))
     # Fresh URLs from the keys; a row without them (written by the original backend, which kept only
     # result_urls) shows what it stored.

@@ -250,3 +250,24 @@ def test_login_failures_are_throttled_per_user_and_client(service, admin, sessio
             s.execute(delete(AdminLoginFailure))
     with service.client() as client:
         assert client.post("/admin/login", data={"username": "target", "password": PASSWORD}).status_code == 200
+
+
+def test_the_catalog_prewarm_makes_a_default_view_instant(service, client):
+    """On the cluster: the pre-render queues the catalog's views, and the shop's default view of one is then
+    served from the render cache, as is any repeated request."""
+    with service.client() as anonymous:
+        assert anonymous.post("/admin/renders/prewarm").status_code == 401
+    answer = client.post("/admin/renders/prewarm")
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert body["combinations"] >= 24 and body["without_swatch"] == []
+    assert len(body["enqueued"]) == body["combinations"] - body["cached"] - body["in_flight"] > 0
+    finals = [_wait(client, job["job_id"])[0] for job in body["enqueued"]]
+    assert {final["status"] for final in finals} == {"completed"}
+    assert client.post("/admin/renders/prewarm").json()["enqueued"] == []
+
+    default_view = {**NAVY, "cuts": ["cruzado"], "seed": body["seed"]}
+    shown, _ = _wait(client, client.post("/generate", json=default_view).json()["job_id"])
+    prewarmed = next(f for f in finals if f["color_id"] == NAVY["color_id"] and f["cuts"] == ["cruzado"])
+    assert shown["progress"][0]["cached"] is True and prewarmed["progress"][0]["cached"] is False
+    assert shown["result_urls"] == prewarmed["result_urls"]

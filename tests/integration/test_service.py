@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
-from db.models import GenerationJob
+from db.models import GenerationJob, RenderCacheEntry
 from tests.integration.conftest import IMAGE_SIZE
 
 pytestmark = pytest.mark.integration
@@ -111,14 +111,17 @@ def test_ten_concurrent_jobs_all_complete_with_distinct_results(service):
     assert len(set(urls)) == 20 and len(digests) == 20
 
 
-def test_same_seed_gives_the_same_image_whatever_the_batch(service):
+def test_same_seed_gives_the_same_image_whatever_the_batch(service, service_engine):
     """The generator batches concurrent cuts; a cut's pixels must not depend on its batch mates."""
     with service.client() as client:
         alone = client.post("/generate", json={**NAVY, "cuts": ["recto"], "seed": 77}).json()["job_id"]
         alone_body = _wait(client, alone)[0]
+        with service_engine.begin() as conn:  # else the render cache would answer the crowd's recto at seed 77
+            conn.execute(delete(RenderCacheEntry))
         crowd = [client.post("/generate", json={**NAVY, "cuts": ["recto", "cruzado"], "seed": s}).json()["job_id"]
                  for s in (77, 5, 6, 7)]
         crowd_bodies = [_wait(client, j)[0] for j in crowd]
+        assert crowd_bodies[0]["progress"][0]["cached"] is False  # rendered, in a batch
         first = Image.open(io.BytesIO(_jpeg(client, alone_body["result_urls"][0])))
         again = Image.open(io.BytesIO(_jpeg(client, crowd_bodies[0]["result_urls"][0])))
     import numpy as np

@@ -47,7 +47,8 @@ def test_db_imports_nothing_of_the_application():
         assert not imported & {"serve_app", "deployments", "catalog"}, path
 
 
-FEATURES = ("catalog", "preview", "generation", "uploads", "health", "admin/auth", "admin/fabrics", "admin/generations")
+FEATURES = ("catalog", "preview", "generation", "uploads", "health", "admin/auth", "admin/fabrics", "admin/generations",
+            "admin/renders")
 
 
 def test_every_route_lives_in_a_feature_slice_with_its_schemas_and_service():

@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from db import catalog as fabrics
+from db import render_cache
 from serve_app.admin.fabrics import service
 from serve_app.admin.fabrics.schemas import (
     ColorAdminOut,
@@ -52,6 +53,8 @@ def update_fabric(family_id: str, body: FamilyPatch, services: ServicesDep) -> F
         family = find_family(session, family_id)
         refuse_nulls(changes, tuple(changes))
         fabrics.update_family(session, family, changes)
+        if "fabric" in changes:  # the prompt's fabric words: the family's old renders never hit again
+            render_cache.forget_family(session, family_id)
         return family_out(services, family)
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from catalog.loader import color_swatch_key
 from catalog.swatches import render_swatch, swatch_key
 from db import catalog as fabrics
+from db import render_cache
 from db.models import Color, FabricFamily
 from deployments.storage import ObjectMissing, Storage, StorageError
 from serve_app.admin.fabrics.schemas import ColorAdminOut, ColorIn, ColorPatch, FamilyAdminOut
@@ -196,6 +197,8 @@ def update_color(services: Services, color_id: str, body: ColorPatch) -> ColorAd
             family, color = find_color(session, color_id)
             refuse_nulls(changes, ("name", "english", "hex_value", "status"))
             fabrics.update_color(session, color, changes)
+            if "english" in changes or new_swatch:  # the prompt or the swatch changes: old renders never hit
+                render_cache.forget_color(session, color.color_id)
             if source is not None:
                 adopt_swatch(session, change, family, color, source)
             elif new_swatch:
@@ -211,4 +214,5 @@ def replace_color_swatch(services: Services, color_id: str, image: CleanImage) -
         with services.sessions.begin() as session:
             family, color = find_color(session, color_id)
             put_swatch(session, change, family, color, image)
+            render_cache.forget_color(session, color.color_id)
             return color_out(services, family, color)
