@@ -19,7 +19,7 @@ tags are few and bounded (outcome, stage, cache, reason, route); never a job id.
 | sastre_backlog_oldest_pending_seconds    | gauge     |         | age of the oldest pending job (0 when none)    |
 | sastre_generator_batch_size              | histogram |         | cuts per generator model call (@serve.batch)   |
 | sastre_ip_adapter_fallbacks_total        | counter   |         | cuts generated at IP-Adapter scale 0           |
-| sastre_cache_hits_total / _misses_total  | counter   | cache   | in-memory caches (see CACHES)                  |
+| sastre_cache_hits_total / _misses_total  | counter   | cache   | in-memory caches and the render cache (CACHES) |
 | sastre_rate_limited_total                | counter   | route   | 429s of the per-client rate limits             |
 | sastre_refused_total                     | counter   | reason  | backpressure: backlog full (429), database     |
 |                                          |           |         | busy or unavailable (503)                      |
@@ -46,7 +46,8 @@ LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 
 BATCH_BOUNDARIES = [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 16.5, 32.5, 64.5]
 OUTCOMES = ("completed", "failed", "canceled")
 STAGES = ("preprocess", "generate", "finish")
-CACHES = ("control_map", "prompt_embedding", "swatch_embedding", "preview", "preview_tile", "preview_template")
+CACHES = ("control_map", "prompt_embedding", "swatch_embedding", "preview", "preview_tile", "preview_template",
+          "render")  # render: the render cache in PostgreSQL (serve_app/render_cache.py), counted per cut looked up
 REFUSALS = ("backlog_full", "database_busy", "database_unavailable")
 
 
@@ -159,6 +160,11 @@ def batch_formed(size: int) -> None:
 def ip_adapter_fell_back(cuts: int) -> None:
     if cuts > 0:
         IP_ADAPTER_FALLBACKS.record(cuts)
+
+
+def render_cache_looked_up(hit: bool) -> None:
+    """A cut was looked up in the render cache: a hit is a render the GPUs never did."""
+    (CACHE_HITS if hit else CACHE_MISSES).record(1, cache="render")
 
 
 def rate_limited(route: str) -> None:

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from catalog.data import CatalogData
 from db import render_cache
 from db.models import GenerationJob
+from deployments import metrics
 from deployments.rendering import CutTask
 from deployments.storage import Storage, StorageError
 from serve_app.settings import Settings
@@ -141,6 +142,7 @@ class RenderCache:
             return None
         with self.sessions.begin() as session:
             hit = render_cache.find(session, entry["key_hash"])
+            metrics.render_cache_looked_up(hit is not None)
             if hit is None:
                 return None
             try:

@@ -96,6 +96,27 @@ def _wait_final(client: httpx.Client, job_id: str, timeout: float = 120) -> dict
     raise AssertionError(f"job {job_id} not finished after {timeout}s")
 
 
+def test_a_repeated_job_is_counted_as_render_cache_hits_and_never_reaches_the_generator(metered):
+    launched, _ = metered
+    body = {**NAVY, "cuts": ["recto", "cruzado"], "seed": 8}
+    start = scrape(launched.metrics_url)
+    with httpx.Client(base_url=launched.base_url, timeout=30) as client:
+        first = client.post("/generate", json=body).json()["job_id"]
+        assert _wait_final(client, first)["status"] == "completed"
+        rendered = {series("ray_sastre_cache_misses_total", cache="render"): 2,
+                    series("ray_sastre_stage_seconds_count", stage="generate"): 2}
+        before = moved(launched.metrics_url, start, rendered)  # the first job's own counts have landed
+        assert deltas(start, before, list(rendered)) == rendered
+        second = client.post("/generate", json=body).json()["job_id"]
+        job = _wait_final(client, second)
+    assert job["status"] == "completed" and [p["cached"] for p in job["progress"]] == [True, True]
+    expected = {series("ray_sastre_cache_hits_total", cache="render"): 2,
+                series("ray_sastre_jobs_finished_total", outcome="completed"): 1}
+    after = moved(launched.metrics_url, before, expected)
+    assert deltas(before, after, expected) == expected
+    assert deltas(before, after, list(rendered)) == {name: 0 for name in rendered}
+
+
 def test_a_two_cut_job_moves_the_job_stage_batch_and_cache_metrics_by_what_it_did(metered):
     launched, _ = metered
     before = scrape(launched.metrics_url)
