@@ -6,6 +6,7 @@ Routes and the runner call these by name; the SQL lives here.
 from __future__ import annotations
 
 from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Color, FabricFamily
@@ -129,3 +130,15 @@ def find_active_color(session: Session, family_id: str, color_id: str) -> tuple[
         .where(FabricFamily.family_id == family_id, FabricFamily.status == "active")
     ).one_or_none()
     return (row[0], row[1]) if row else (None, None)
+
+
+async def active_collection(conn: AsyncConnection, family_id: str, color_id: str) -> tuple[bool, bool, str | None]:
+    """For POST /generate: whether the family is active, whether the color is active in it, and the
+    family's collection (where its catalog swatches live), in one round trip."""
+    row = (await conn.execute(
+        select(FabricFamily.collection, Color.id.is_not(None))
+        .outerjoin(Color, and_(Color.fabric_family_id == FabricFamily.id, Color.color_id == color_id,
+                               Color.status == "active"))
+        .where(FabricFamily.family_id == family_id, FabricFamily.status == "active")
+    )).one_or_none()
+    return (False, False, None) if row is None else (True, bool(row[1]), row[0])

@@ -82,7 +82,10 @@ def serve(workdir: Path, args: dict, import_path: str = "serve_app.app:build_app
         app.pop("args")
     path = workdir / f"config-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+    # HAProxy's stats and metrics ports are fixed by default: two runs in one namespace (a test module's
+    # own service beside the session's) would collide, so each run gets free ones.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
            **{f"SASTRE_{k.upper()}": str(v) for k, v in args.items()}}
     log_path = workdir / f"serve-{port}.log"
     log = log_path.open("wb")
