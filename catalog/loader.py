@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, case, func
 from sqlalchemy.orm import Session
 
 from catalog.data import CatalogData
@@ -54,11 +53,3 @@ def color_swatch_key(family: FabricFamily, color: Color) -> str | None:
     if not color.swatch_code or not family.collection:
         return None
     return swatch_key(family.collection, color.swatch_code)
-
-
-def color_swatch_key_sql() -> ColumnElement[str | None]:
-    """`color_swatch_key` as SQL over `colors` and `fabric_families`, so POST /generate reads a color's
-    swatch in the same statement that queues the job (tests keep the two equal for every color)."""
-    seed_layout = func.concat(FabricFamily.collection, "/", Color.swatch_code, ".png")  # swatch_key's layout
-    has_seed_layout = and_(func.coalesce(Color.swatch_code, "") != "", func.coalesce(FabricFamily.collection, "") != "")
-    return func.coalesce(func.nullif(Color.swatch_key, ""), case((has_seed_layout, seed_layout), else_=None))

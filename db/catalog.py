@@ -5,7 +5,7 @@ Routes and the runner call these by name; the SQL lives here.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session, selectinload
 
@@ -130,6 +130,15 @@ def find_active_color(session: Session, family_id: str, color_id: str) -> tuple[
         .where(FabricFamily.family_id == family_id, FabricFamily.status == "active")
     ).one_or_none()
     return (row[0], row[1]) if row else (None, None)
+
+
+def color_swatch_key_sql() -> ColumnElement[str | None]:
+    """`catalog.loader.color_swatch_key` as SQL over `colors` and `fabric_families`, so POST /generate
+    reads a color's swatch in the same statement that queues the job (a test keeps the two equal for
+    every color): the swatch an admin stored, else the seed layout `{collection}/{swatch_code}.png`."""
+    seed_layout = func.concat(FabricFamily.collection, "/", Color.swatch_code, ".png")
+    has_seed_layout = and_(func.coalesce(Color.swatch_code, "") != "", func.coalesce(FabricFamily.collection, "") != "")
+    return func.coalesce(func.nullif(Color.swatch_key, ""), case((has_seed_layout, seed_layout), else_=None))
 
 
 async def active_collection(conn: AsyncConnection, family_id: str, color_id: str) -> tuple[bool, bool, str | None]:

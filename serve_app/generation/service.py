@@ -22,9 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
-from catalog.loader import color_swatch_key_sql
 from db import jobs
-from db.catalog import active_collection
+from db.catalog import active_collection, color_swatch_key_sql
 from db.models import GenerationJob
 from deployments.storage import ObjectMissing, Storage, StorageError
 from serve_app.deps import Services

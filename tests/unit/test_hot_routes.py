@@ -7,8 +7,9 @@ import pytest
 from sqlalchemy import event, select
 
 from catalog.data import load_catalog
-from catalog.loader import color_swatch_key, color_swatch_key_sql, sync_catalog
+from catalog.loader import color_swatch_key, sync_catalog
 from db import jobs
+from db.catalog import color_swatch_key_sql
 from db.engine import LoopEngines
 from db.models import Color, FabricFamily
 from deployments.storage import LocalStorage
