@@ -29,10 +29,15 @@ class BacklogGate:
         self._refresh: asyncio.Task | None = None
 
     async def is_full(self, engine: AsyncEngine) -> bool:
-        if self.ttl_seconds == 0 or self._checked_at is None:
-            await self._count(engine)
-        elif time.monotonic() - self._checked_at >= self.ttl_seconds and (self._refresh is None or self._refresh.done()):
-            self._refresh = asyncio.get_running_loop().create_task(self._count_in_background(engine))
+        """The verdict. It may take a pooled connection to count: call it before taking one of your own."""
+        stale = self._checked_at is None or time.monotonic() - self._checked_at >= self.ttl_seconds
+        if stale and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.get_running_loop().create_task(self._count(engine))
+            self._refresh.add_done_callback(_log_failure)
+        if self._checked_at is None or self.ttl_seconds == 0:
+            # The replica's first verdict (one count, shared by a burst of first requests), or every
+            # verdict without a TTL, is waited for; a failure is the request's (503).
+            await asyncio.shield(self._refresh)
         return self._full
 
     async def _count(self, engine: AsyncEngine) -> None:
@@ -40,9 +45,9 @@ class BacklogGate:
             self._full = await jobs.pending_at_least(conn, self.limit)
         self._checked_at = time.monotonic()
 
-    async def _count_in_background(self, engine: AsyncEngine) -> None:
-        try:
-            await self._count(engine)
-        except Exception as exc:  # the database is away: keep the last verdict, the requests will say so
-            logger.warning("backlog count failed (%s); keeping the last verdict", type(exc).__name__)
-            self._checked_at = time.monotonic()
+
+def _log_failure(task: asyncio.Task) -> None:
+    """A background count that failed (the database is away) keeps the last verdict; the next request
+    past the TTL tries again."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("backlog count failed (%s); keeping the last verdict", type(task.exception()).__name__)

@@ -50,13 +50,14 @@ async def accept_job(services: Services, body: GenerateRequest, idempotency_key:
         raise HTTPException(422, f"unknown cut(s): {', '.join(unknown)}; known cuts: {known}")
     request_hash = fingerprint(body)
     ttl_seconds = services.settings.idempotency_ttl_hours * 3600
-    async with services.hot.connect() as conn:
-        if idempotency_key:
+    if idempotency_key:
+        async with services.hot.connect() as conn:
             existing = await jobs.read_job_by_idempotency_key(conn, idempotency_key, ttl_seconds)
-            if existing is not None:
-                return _replay(existing, request_hash)
-        if await services.backlog.is_full(services.hot):
-            raise HTTPException(429, "too many jobs waiting; retry shortly", headers={"Retry-After": "5"})
+        if existing is not None:
+            return _replay(existing, request_hash)
+    if await services.backlog.is_full(services.hot):  # before taking a connection: a count may need one
+        raise HTTPException(429, "too many jobs waiting; retry shortly", headers={"Retry-After": "5"})
+    async with services.hot.connect() as conn:
         try:
             return await _create(services, conn, body, idempotency_key, request_hash)
         except IntegrityError:
