@@ -57,12 +57,14 @@ def make_async_engine(url: str | URL, pool_size: int, *, pool_timeout: float,
     """An asyncio engine (psycopg's async driver) for the hot routes: a request awaits the database on
     the event loop instead of holding a thread for the round trip.
 
-    Same guarantees as `make_engine` (pre-ping, statement timeout, `pool_timeout` then
-    `sqlalchemy.exc.TimeoutError`), with no overflow: the pool is the replica's whole budget.
+    Autocommit: each statement is its own transaction, so a one-statement route costs one round trip
+    (no BEGIN, no COMMIT) and nothing it wrote can be left uncommitted. Same guarantees otherwise as
+    `make_engine` (pre-ping, statement timeout, `pool_timeout` then `sqlalchemy.exc.TimeoutError`),
+    with no overflow: the pool is the replica's whole budget.
     """
     url = url if isinstance(url, URL) else sqlalchemy_url(url)
-    return create_async_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=0,
-                               pool_timeout=pool_timeout, pool_recycle=1800,
+    return create_async_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True, pool_size=pool_size,
+                               max_overflow=0, pool_timeout=pool_timeout, pool_recycle=1800,
                                connect_args=_connect_args(statement_timeout))
 
 

@@ -31,8 +31,10 @@ class BacklogGate:
     async def is_full(self, engine: AsyncEngine) -> bool:
         """The verdict. It may take a pooled connection to count: call it before taking one of your own."""
         stale = self._checked_at is None or time.monotonic() - self._checked_at >= self.ttl_seconds
-        if stale and (self._refresh is None or self._refresh.done()):
-            self._refresh = asyncio.get_running_loop().create_task(self._count(engine))
+        loop = asyncio.get_running_loop()  # a count in progress is joined only from its own loop (tests run several)
+        counting = self._refresh is not None and not self._refresh.done() and self._refresh.get_loop() is loop
+        if stale and not counting:
+            self._refresh = loop.create_task(self._count(engine))
             self._refresh.add_done_callback(_log_failure)
         if self._checked_at is None or self.ttl_seconds == 0:
             # The replica's first verdict (one count, shared by a burst of first requests), or every

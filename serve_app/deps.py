@@ -71,13 +71,12 @@ def ingress_sessions(settings: Settings, database_url: str) -> sessionmaker[Sess
 
 
 def hot_engines(settings: Settings, database_url: str | URL) -> LoopEngines:
-    """The asyncio engine of POST /generate and GET /jobs/{id}: `ingress_connections` connections, each
-    statement its own transaction (autocommit: every hot statement stands alone, so no BEGIN/COMMIT
-    round trips), bounded by `db_statement_timeout_seconds`."""
+    """The asyncio engines of POST /generate and GET /jobs/{id}: `ingress_connections` connections
+    each, every statement its own transaction, bounded by `db_statement_timeout_seconds`."""
     return LoopEngines(lambda: make_async_engine(
         database_url, pool_size=settings.ingress_connections, pool_timeout=settings.db_pool_timeout_seconds,
         statement_timeout=settings.db_statement_timeout_seconds,
-    ).execution_options(isolation_level="AUTOCOMMIT"))
+    ))
 
 
 def get_services(request: Request) -> Services:
