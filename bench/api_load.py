@@ -58,7 +58,9 @@ async def drive(base_url: str, route: str, clients: int, seconds: float, job_ids
 def measure(base_url: str, clients: int, seconds: float) -> dict:
     with httpx.Client(base_url=base_url, timeout=30) as client:
         job_ids = [client.post("/generate", json=NAVY).json()["job_id"] for _ in range(20)]
-    return {route: asyncio.run(drive(base_url, route, clients, seconds, job_ids)) for route in ("livez", "poll", "post")}
+    routes = {route: asyncio.run(drive(base_url, route, clients, seconds, job_ids)) for route in ("livez", "poll", "post")}
+    print(json.dumps({"server": base_url, "results": routes}), flush=True)  # kept if a later server fails to start
+    return routes
 
 
 @contextmanager
