@@ -105,3 +105,14 @@ def test_the_sql_swatch_key_is_the_catalog_swatch_key_of_every_color(sessions):
     assert len(rows) == len(colors) > 3
     assert [key for _, _, key in rows] == [color_swatch_key(family, color) for family, color, _ in rows]
     assert {None, "la-coleccion/own-photo.webp"} <= {key for _, _, key in rows}
+
+
+def test_a_post_wakes_the_runners_with_its_job_id(counted, database_url):
+    import psycopg
+
+    services, _ = counted
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {jobs.NOTIFY_CHANNEL}")
+        created = call(services, "POST", "/generate", json=NAVY)
+        woken = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    assert created.status_code == 202 and woken == [created.json()["job_id"]]
