@@ -5,7 +5,8 @@ Routes and the runner call these by name; the SQL lives here.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Color, FabricFamily
@@ -129,3 +130,24 @@ def find_active_color(session: Session, family_id: str, color_id: str) -> tuple[
         .where(FabricFamily.family_id == family_id, FabricFamily.status == "active")
     ).one_or_none()
     return (row[0], row[1]) if row else (None, None)
+
+
+def color_swatch_key_sql() -> ColumnElement[str | None]:
+    """`catalog.loader.color_swatch_key` as SQL over `colors` and `fabric_families`, so POST /generate
+    reads a color's swatch in the same statement that queues the job (a test keeps the two equal for
+    every color): the swatch an admin stored, else the seed layout `{collection}/{swatch_code}.png`."""
+    seed_layout = func.concat(FabricFamily.collection, "/", Color.swatch_code, ".png")
+    has_seed_layout = and_(func.coalesce(Color.swatch_code, "") != "", func.coalesce(FabricFamily.collection, "") != "")
+    return func.coalesce(func.nullif(Color.swatch_key, ""), case((has_seed_layout, seed_layout), else_=None))
+
+
+async def active_collection(conn: AsyncConnection, family_id: str, color_id: str) -> tuple[bool, bool, str | None]:
+    """For POST /generate: whether the family is active, whether the color is active in it, and the
+    family's collection (where its catalog swatches live), in one round trip."""
+    row = (await conn.execute(
+        select(FabricFamily.collection, Color.id.is_not(None))
+        .outerjoin(Color, and_(Color.fabric_family_id == FabricFamily.id, Color.color_id == color_id,
+                               Color.status == "active"))
+        .where(FabricFamily.family_id == family_id, FabricFamily.status == "active")
+    )).one_or_none()
+    return (False, False, None) if row is None else (True, bool(row[1]), row[0])

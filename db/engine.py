@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import URL, Engine, create_engine, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 logger = logging.getLogger("sastre.db")
@@ -41,14 +45,54 @@ def make_engine(url: str, pool_size: int = 5, *, max_overflow: int | None = None
     for one raises `sqlalchemy.exc.TimeoutError`; a statement running (or waiting for a lock) longer
     than `statement_timeout` seconds is cancelled by the server (`QueryCanceled`).
     """
-    connect_args = {}
-    if statement_timeout:
-        connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
     return create_engine(
         sqlalchemy_url(url), pool_pre_ping=True, pool_size=pool_size,
         max_overflow=pool_size * 2 if max_overflow is None else max_overflow, pool_timeout=pool_timeout,
-        pool_recycle=1800, connect_args=connect_args,
+        pool_recycle=1800, connect_args=_connect_args(statement_timeout),
     )
+
+
+def make_async_engine(url: str | URL, pool_size: int, *, pool_timeout: float,
+                      statement_timeout: float | None = None) -> AsyncEngine:
+    """An asyncio engine (psycopg's async driver) for the hot routes: a request awaits the database on
+    the event loop instead of holding a thread for the round trip.
+
+    Autocommit: each statement is its own transaction, so a one-statement route costs one round trip
+    (no BEGIN, no COMMIT) and nothing it wrote can be left uncommitted. Same guarantees otherwise as
+    `make_engine` (pre-ping, statement timeout, `pool_timeout` then `sqlalchemy.exc.TimeoutError`),
+    with no overflow: the pool is the replica's whole budget.
+    """
+    url = url if isinstance(url, URL) else sqlalchemy_url(url)
+    return create_async_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True, pool_size=pool_size,
+                               max_overflow=0, pool_timeout=pool_timeout, pool_recycle=1800,
+                               connect_args=_connect_args(statement_timeout))
+
+
+class LoopEngines:
+    """One asyncio engine per event loop, made on first use in that loop.
+
+    An asyncio pool and psycopg's async connections belong to the loop that made them: shared with
+    another loop, a wait for a connection never wakes. A server process runs one loop, so it gets one
+    engine; tests that call the app from several threads (each with its own loop) get one per loop,
+    and an engine goes away with its loop.
+    """
+
+    def __init__(self, make: Callable[[], AsyncEngine]) -> None:
+        self._make = make
+        self._engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = weakref.WeakKeyDictionary()
+
+    def current(self) -> AsyncEngine:
+        loop = asyncio.get_running_loop()
+        engine = self._engines.get(loop)
+        if engine is None:
+            engine = self._engines[loop] = self._make()
+        return engine
+
+
+def _connect_args(statement_timeout: float | None) -> dict:
+    if not statement_timeout:
+        return {}
+    return {"options": f"-c statement_timeout={int(statement_timeout * 1000)}"}
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -14,7 +14,10 @@ transactions race on one row) and sends the job id on `EVENTS_CHANNEL` in the sa
 change is announced exactly when it commits. The event streams listen there; runners never do.
 
 Every state change of a job is a function here; functions take a Session and never commit: the caller
-owns the transaction (`with maker.begin()`).
+owns the transaction (`with maker.begin()`). The hot routes' functions (`read_job`, `create_job_for_color`
+and the idempotency look-ups) are async and take an autocommit `AsyncConnection` instead: each is one
+statement, so each is its own transaction, and they return plain rows (the model's attribute names, no
+ORM objects to build on the path every poll takes).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import String, case, func, or_, select, text, tuple_, update
+from sqlalchemy import JSON, ColumnElement, Row, String, case, func, insert, literal, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import bindparam, cast
 
-from db.models import GenerationJob
+from db.models import Color, FabricFamily, GenerationJob
 
 NOTIFY_CHANNEL = "sastre_jobs"  # a job is due: wakes the runners
 EVENTS_CHANNEL = "sastre_job_events"  # a job's visible state changed: wakes its event streams
@@ -97,12 +101,82 @@ def create_job(
         job_id=job_id or str(uuid.uuid4()), status="pending", family_id=family_id, color_id=color_id, cuts=list(cuts),
         seed=seed, swatch_url=swatch_url, swatch_key=swatch_key, max_attempts=max_attempts,
         idempotency_key=idempotency_key, request_hash=request_hash,
-        cut_progress={cut: {"status": "pending", "seed": seed + index} for index, cut in enumerate(cuts)},
+        cut_progress=initial_progress(cuts, seed),
     )
     session.add(job)
     session.flush()
     notify(session, job.job_id)
     return job
+
+
+def initial_progress(cuts: list[str], seed: int) -> dict:
+    return {cut: {"status": "pending", "seed": seed + index} for index, cut in enumerate(cuts)}
+
+
+async def create_job_for_color(
+    conn: AsyncConnection,
+    *,
+    job_id: str,
+    family_id: str,
+    color_id: str,
+    cuts: list[str],
+    seed: int,
+    swatch_url: str | None,
+    swatch_key: str | ColumnElement | None,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Row | None:
+    """POST /generate in one statement: insert a pending job if `color_id` is an active color of the
+    active family `family_id`, and wake the runners; the new row, or None (nothing written) when the
+    family or color is unknown or inactive.
+
+    `swatch_key` may be an expression over `colors` and `fabric_families` (the color's catalog swatch),
+    read in the same statement. A taken `idempotency_key` raises IntegrityError, as in `create_job`.
+    """
+    key = swatch_key if isinstance(swatch_key, ColumnElement) else literal(swatch_key, String)
+    values = {
+        "job_id": literal(job_id, String), "status": literal("pending", String), "family_id": FabricFamily.family_id,
+        "color_id": Color.color_id, "cuts": literal(list(cuts), JSON), "seed": literal(seed),
+        "swatch_url": literal(swatch_url, String), "swatch_key": key, "max_attempts": literal(max_attempts),
+        "idempotency_key": literal(idempotency_key, String), "request_hash": literal(request_hash, String),
+        "cut_progress": literal(initial_progress(cuts, seed), JSONB),
+    }
+    job = (
+        insert(GenerationJob)
+        .from_select(list(values), select(*values.values())
+                     .join_from(Color, FabricFamily, Color.fabric_family_id == FabricFamily.id)
+                     .where(FabricFamily.family_id == family_id, FabricFamily.status == "active",
+                            Color.color_id == color_id, Color.status == "active"))
+        .returning(*GenerationJob.__table__.c)
+        .cte("job")
+    )
+    # The NOTIFY rides in the SELECT that returns the row: sent once per inserted row, at its commit.
+    created = select(job, func.pg_notify(NOTIFY_CHANNEL, job.c.job_id).cast(String).label("woke"))
+    return (await conn.execute(created)).one_or_none()
+
+
+async def read_job(conn: AsyncConnection, job_id: str) -> Row | None:
+    """GET /jobs/{id}: one indexed lookup."""
+    return (await conn.execute(select(GenerationJob.__table__).where(GenerationJob.job_id == job_id))).one_or_none()
+
+
+async def read_job_by_idempotency_key(conn: AsyncConnection, key: str, ttl_seconds: float) -> Row | None:
+    """The live job an Idempotency-Key made, or None.
+
+    A key expires `ttl_seconds` after the job it created (24 h by default, as with the payment APIs
+    that popularized them): the old job keeps everything but the key, which is then free for a new job.
+    """
+    freed = _free_expired_key(key, ttl_seconds).returning(GenerationJob.id).cte("freed")
+    # One statement: its SELECT still sees the row the UPDATE frees, so that row is left out by id.
+    live = select(GenerationJob.__table__).where(GenerationJob.idempotency_key == key,
+                                                 GenerationJob.id.not_in(select(freed.c.id)))
+    return (await conn.execute(live)).one_or_none()
+
+
+async def pending_at_least(conn: AsyncConnection, limit: int) -> bool:
+    """`backlog_at_least` for the ingress's backlog gate."""
+    return (await conn.scalar(_backlog_count(limit))) >= limit
 
 
 def notify(session: Session, job_id: str) -> None:
@@ -123,22 +197,20 @@ def find_by_idempotency_key(session: Session, key: str) -> GenerationJob | None:
     return session.scalars(select(GenerationJob).where(GenerationJob.idempotency_key == key)).one_or_none()
 
 
-def free_expired_idempotency_key(session: Session, key: str, ttl_seconds: float) -> bool:
-    """An Idempotency-Key expires `ttl_seconds` after the job it created (24 h by default, as with the
-    payment APIs that popularized them): the old job keeps everything but the key, which is free for a
-    new job. True when a key was freed."""
-    freed = session.execute(
-        update(GenerationJob)
-        .where(GenerationJob.idempotency_key == key, GenerationJob.created_at < func.now() - _seconds(ttl_seconds))
-        .values(idempotency_key=None, request_hash=None)
-    )
-    return freed.rowcount == 1
+def _free_expired_key(key: str, ttl_seconds: float):
+    return (update(GenerationJob)
+            .where(GenerationJob.idempotency_key == key, GenerationJob.created_at < func.now() - _seconds(ttl_seconds))
+            .values(idempotency_key=None, request_hash=None))
 
 
 def backlog_at_least(session: Session, limit: int) -> bool:
     """Whether `limit` or more jobs are pending; counts at most `limit` rows, so it stays cheap."""
+    return session.scalar(_backlog_count(limit)) >= limit
+
+
+def _backlog_count(limit: int):
     due = select(GenerationJob.id).where(GenerationJob.status == "pending").limit(limit).subquery()
-    return session.scalar(select(func.count()).select_from(due)) >= limit
+    return select(func.count()).select_from(due)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from serve_app.bootstrap import prepare
-from serve_app.isolation import can_isolate, in_loopback_namespace, start_unix_to_tcp, tcp_to_unix
+from serve_app.isolation import can_isolate, in_loopback_namespace, only_loopback, start_unix_to_tcp, tcp_to_unix
 from serve_app.launcher import LOCAL_CONFIG
 from serve_app.settings import Settings
 
@@ -45,6 +45,18 @@ def run(config: Path, dashboard: bool, dashboard_port: int, metrics_port: int) -
              _metrics_export_port=metrics_port)
     logging.info("metrics (Prometheus): http://127.0.0.1:%d/metrics", metrics_port)
     serve_cli.main(["run", str(config)], prog_name="serve")
+
+
+def use_haproxy(settings: Settings) -> bool:
+    """HAProxy in front of the ingress (`SASTRE_INGRESS_PROXY`), where its ports stay private: Ray 2.60
+    binds its stats and Prometheus frontends on every interface, so only in a loopback-only namespace."""
+    if settings.ingress_proxy != "haproxy":
+        return False
+    if not only_loopback():
+        logging.warning("not in a loopback-only network namespace: Serve's default proxy instead of HAProxy, "
+                        "whose stats and metrics ports would listen on every interface")
+        return False
+    return True
 
 
 def run_isolated(config: Path, dashboard: bool, dashboard_port: int, ports: list[int]) -> int:
@@ -184,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.inside_namespace:
             start_unix_to_tcp(args.inside_namespace, ports)
         prepare(settings)
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if use_haproxy(settings) else "0"  # read by Serve's controller
         run(args.config, args.dashboard, args.dashboard_port, settings.metrics_export_port)
     elif args.command == "stop-db":
         stop_database(settings)

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Awaitable, Callable
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
-from db.engine import make_engine, make_sessionmaker
+from db.engine import LoopEngines, make_async_engine, make_engine, make_sessionmaker
 from db.models import AdminUser
 from deployments.preview import PreviewRenderer
 from deployments.storage import Storage
@@ -40,14 +42,23 @@ class Services:
     rate_limits: RateLimits | None = None
     previews: PreviewRenderer = field(default_factory=PreviewRenderer)  # per replica, cached by swatch content
     events: JobEvents | None = None  # the job event hub; the first event stream makes one from `sessions`
+    # The hot routes' asyncio engines (one per event loop); by default on `sessions`' database (see `hot_engines`).
+    hot_engines: LoopEngines | None = None
 
     def __post_init__(self) -> None:
         if self.backlog is None:
-            self.backlog = BacklogGate(self.settings.max_pending_jobs)
+            self.backlog = BacklogGate(self.settings.max_pending_jobs, self.settings.backlog_recount_seconds)
         if self.rate_limits is None:
             settings = self.settings
             self.rate_limits = RateLimits({"generate": settings.rate_limit_generate, "upload": settings.rate_limit_upload},
                                           settings.rate_limit_storage, settings.trusted_proxies)
+        if self.hot_engines is None:
+            self.hot_engines = hot_engines(self.settings, self.sessions.kw["bind"].url)
+
+    @property
+    def hot(self) -> AsyncEngine:
+        """The asyncio engine of the running event loop (called from async code only)."""
+        return self.hot_engines.current()
 
 
 def ingress_sessions(settings: Settings, database_url: str) -> sessionmaker[Session]:
@@ -59,7 +70,18 @@ def ingress_sessions(settings: Settings, database_url: str) -> sessionmaker[Sess
     ))
 
 
+def hot_engines(settings: Settings, database_url: str | URL) -> LoopEngines:
+    """The asyncio engines of POST /generate and GET /jobs/{id}: `ingress_connections` connections
+    each, every statement its own transaction, bounded by `db_statement_timeout_seconds`."""
+    return LoopEngines(lambda: make_async_engine(
+        database_url, pool_size=settings.ingress_connections, pool_timeout=settings.db_pool_timeout_seconds,
+        statement_timeout=settings.db_statement_timeout_seconds,
+    ))
+
+
 def get_services(request: Request) -> Services:
+    """The replica's services. Async routes call it directly: as a dependency, FastAPI would run this
+    plain function on a thread."""
     return request.app.state.services
 
 

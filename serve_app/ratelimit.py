@@ -22,6 +22,7 @@ from fastapi import Depends, HTTPException, Request
 from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+from starlette.concurrency import run_in_threadpool
 
 from deployments import metrics
 
@@ -46,6 +47,7 @@ class RateLimits:
         if storage.startswith(("redis://", "rediss://")):  # a Redis that stops answering costs 0.5 s, not a hang
             options = {"socket_timeout": STORE_TIMEOUT, "socket_connect_timeout": STORE_TIMEOUT}
         self.limiter = MovingWindowRateLimiter(storage_from_string(storage, **options))
+        self.blocking = not storage.startswith("memory://")  # a shared store is a network call
         self.proxies = [ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies]
 
     def _trusted(self, address: str) -> bool:
@@ -86,10 +88,15 @@ class RateLimits:
 
 
 def rate_limited(route: str):
-    """A route dependency that applies the service's limits for `route` to each request."""
+    """A route dependency that applies the service's limits for `route` to each request: on the event
+    loop when the counts are in memory, on a thread when they are a network call away."""
 
-    def check(request: Request) -> None:
-        request.app.state.services.rate_limits.check(route, request)
+    async def check(request: Request) -> None:
+        limits = request.app.state.services.rate_limits
+        if limits.blocking:
+            await run_in_threadpool(limits.check, route, request)
+        else:
+            limits.check(route, request)
 
     return Depends(check)
 

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     cut_attempts: int = Field(default=4, ge=1, description="tries per cut before the job fails")
     cut_retry_seconds: float = Field(default=1.0, ge=0, description="first retry delay; doubles each time")
     max_pending_jobs: int = Field(default=1000, ge=1, description="backlog above which POST /generate answers 429")
+    backlog_recount_seconds: float = Field(default=1.0, ge=0, description="how old an ingress replica's backlog "
+                                           "count may get before it recounts in the background; 0: on every POST")
     idempotency_ttl_hours: float = Field(default=24, gt=0, description="an Idempotency-Key replays its job this long")
     shutdown_grace_seconds: float = Field(default=15.0, ge=0, description="runner: finish jobs in hand, then release")
     stage_timeout_seconds: float = Field(
@@ -97,6 +99,15 @@ class Settings(BaseSettings):
 
     ingress_threads: int = Field(default=16, ge=1, le=256, description="threads an ingress replica runs route code "
                                  "on; its database pool holds exactly as many connections")
+    ingress_proxy: Literal["haproxy", "serve"] = Field(
+        default="serve", description="what takes HTTP in front of the ingress replicas in a local run: Serve's "
+        "default proxy, or the HAProxy that ray[serve] installs (about twice the requests per core, but see "
+        "docs/OPERATIONS.md: a burst on an overloaded host failed behind it). HAProxy's stats and metrics "
+        "frontends listen on every interface, so a local run uses it only inside its loopback-only network "
+        "namespace. A cluster sets RAY_SERVE_ENABLE_HA_PROXY on its nodes instead")
+    ingress_connections: int = Field(default=16, ge=1, le=256, description="connections of an ingress replica's "
+                                     "asyncio pool, which the hot routes (POST /generate, GET /jobs/{id}) await on "
+                                     "the event loop; each holds one only for its round trip")
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, description="longest wait for a pooled connection; "
                                            "then 503 + Retry-After (none is expected: pools fit their threads)")
     db_statement_timeout_seconds: float = Field(default=10.0, gt=0, description="a statement running or waiting for "

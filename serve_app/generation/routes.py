@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, status
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from serve_app.deps import ServicesDep, get_services
 from serve_app.errors import ErrorBody, error_responses
 from serve_app.generation.events import EventStreamResponse, open_stream
 from serve_app.generation.schemas import GenerateAccepted, GenerateRequest, JobOut
-from serve_app.generation.service import accept_job, cancel, find_job, job_out
+from serve_app.generation.service import accept_job, cancel, job_out, read_job
 from serve_app.ratelimit import rate_limited
 from serve_app.routing import StorableTextRoute
 
@@ -24,23 +24,25 @@ router = APIRouter(tags=["jobs"], route_class=StorableTextRoute)
                         429: {"model": ErrorBody, "description": "backlog full, or this client's rate limit is "
                                                                  "spent; retry after `Retry-After` seconds"}},
              dependencies=[rate_limited("generate")])
-def create_generation(
+async def create_generation(
     body: GenerateRequest,
-    services: ServicesDep,
+    request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=255, description="retries with the same key and "
                                                   "body return the same job for 24 hours")] = None,
-):
-    """Validate against the catalog and queue one job; returns at once with the job id to poll."""
-    return accept_job(services, body, idempotency_key)
+) -> Response:
+    """Validate against the catalog and queue one job; returns at once with the job id to poll.
+
+    Async like GET /jobs/{job_id}: the database is awaited on the event loop, no thread hop."""
+    return await accept_job(get_services(request), body, idempotency_key)
 
 
 @router.get("/jobs/{job_id}", responses={200: {"model": JobOut}, **error_responses(404, 503)})
-def get_job(job_id: str, services: ServicesDep) -> JSONResponse:
+async def get_job(job_id: str, request: Request) -> Response:
     """One job by its id: status, per-cut progress, seeds and, once completed, one URL per cut in order.
 
     One indexed lookup, serialized once.
     """
-    return JSONResponse(job_out(find_job(services, job_id), services.storage).model_dump(mode="json"))
+    return await read_job(get_services(request), job_id)
 
 
 @router.get("/jobs/{job_id}/events", response_class=EventStreamResponse, status_code=200,

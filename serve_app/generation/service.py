@@ -1,7 +1,9 @@
 """Accepting, presenting and canceling jobs: everything the job routes do besides HTTP.
 
-A job is accepted in one transaction (idempotency key, backlog gate, catalog check, the job's own
-swatch copy, the INSERT): it either exists afterwards with everything it needs, or nothing was written.
+A job is accepted by one statement (the catalog check, the INSERT and the runners' wake-up together,
+see `jobs.create_job_for_color`), after the job's own swatch copy when it names an uploaded swatch: it
+either exists afterwards with everything it needs, or nothing was written (a copy made for a job that
+was then refused is deleted). The backlog gate answers from a count kept in the background.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import secrets
 import uuid
 
 from fastapi import HTTPException
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.concurrency import run_in_threadpool
 
-from catalog.loader import color_swatch_key
 from db import jobs
-from db.catalog import find_active_color
+from db.catalog import active_collection, color_swatch_key_sql
 from db.models import GenerationJob
 from deployments import metrics
 from deployments.storage import ObjectMissing, Storage, StorageError
@@ -37,73 +42,91 @@ def fingerprint(body: GenerateRequest) -> str:
     return hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
 
 
-def accept_job(services: Services, body: GenerateRequest, idempotency_key: str | None) -> GenerateAccepted | JSONResponse:
-    """Queue one job for `body`, or answer a repeated Idempotency-Key with the job it made."""
+async def accept_job(services: Services, body: GenerateRequest, idempotency_key: str | None) -> Response:
+    """Queue one job for `body` (a 202 with its body serialized once), or answer a repeated
+    Idempotency-Key with the job it made."""
     unknown = [cut for cut in body.cuts if services.catalog.cut(cut) is None]
     if unknown:
         known = ", ".join(c.cut_id for c in services.catalog.cuts)
         raise HTTPException(422, f"unknown cut(s): {', '.join(unknown)}; known cuts: {known}")
     request_hash = fingerprint(body)
-    try:
-        return _create(services, body, idempotency_key, request_hash)
-    except IntegrityError:
-        # A concurrent request with the same key won the race; answer as its replay.
-        with services.sessions() as session:
-            job = jobs.find_by_idempotency_key(session, idempotency_key)
-        if job is None:
-            raise
-        return _replay(job, request_hash)
+    ttl_seconds = services.settings.idempotency_ttl_hours * 3600
+    if idempotency_key:
+        async with services.hot.connect() as conn:
+            existing = await jobs.read_job_by_idempotency_key(conn, idempotency_key, ttl_seconds)
+        if existing is not None:
+            return _replay(existing, request_hash)
+    if await services.backlog.is_full(services.hot):  # before taking a connection: a count may need one
+        metrics.refused("backlog_full")
+        raise HTTPException(429, "too many jobs waiting; retry shortly", headers={"Retry-After": "5"})
+    async with services.hot.connect() as conn:
+        try:
+            return await _create(services, conn, body, idempotency_key, request_hash)
+        except IntegrityError:
+            # A concurrent request with the same key won the race; answer as its replay.
+            job = await jobs.read_job_by_idempotency_key(conn, idempotency_key, ttl_seconds)
+            if job is None:
+                raise
+            return _replay(job, request_hash)
 
 
-def _replay(job: GenerationJob, request_hash: str) -> JSONResponse:
+def _replay(job: Row, request_hash: str) -> Response:
     """The answer to a repeated Idempotency-Key: the same job, or 409 if the body differs."""
     if job.request_hash != request_hash:
         raise HTTPException(409, "this Idempotency-Key was already used with a different request body")
-    return JSONResponse(accepted(job).model_dump(), status_code=202, headers={"Idempotent-Replayed": "true"})
+    return _json(accepted(job), 202, headers={"Idempotent-Replayed": "true"})
 
 
-def accepted(job: GenerationJob) -> GenerateAccepted:
+def accepted(job: Row) -> GenerateAccepted:
     """The 202's body: where to poll, and each cut's instant preview while the render is queued."""
     return GenerateAccepted(job_id=job.job_id, status=job.status, seed=job.seed, status_url=f"/jobs/{job.job_id}",
                             preview_urls={cut: preview_url(cut, color_id=job.color_id, swatch_url=job.swatch_url)
                                           for cut in job.cuts})
 
 
-def _create(services: Services, body: GenerateRequest, idempotency_key: str | None,
-            request_hash: str) -> GenerateAccepted | JSONResponse:
-    with services.sessions.begin() as session:
-        if idempotency_key:
-            jobs.free_expired_idempotency_key(session, idempotency_key, services.settings.idempotency_ttl_hours * 3600)
-            existing = jobs.find_by_idempotency_key(session, idempotency_key)
-            if existing is not None:
-                return _replay(existing, request_hash)
-        if services.backlog.is_full(session):
-            metrics.refused("backlog_full")
-            raise HTTPException(429, "too many jobs waiting; retry shortly", headers={"Retry-After": "5"})
-        family, color = find_active_color(session, body.family_id, body.color_id)
-        if family is None:
-            raise HTTPException(422, f"unknown or inactive fabric family: {body.family_id}")
-        if color is None:
+def _json(body: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A body serialized once, by pydantic, straight to bytes (no dict, no second validation by FastAPI)."""
+    return Response(body.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json")
+
+
+async def _create(services: Services, conn: AsyncConnection, body: GenerateRequest, idempotency_key: str | None,
+                  request_hash: str) -> Response:
+    """The INSERT (with the catalog check and the runners' wake-up) in one statement. A swatch_url first
+    needs the family's collection and the storage (blocking, so on a thread): one more round trip."""
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
+    job_id = str(uuid.uuid4())
+    swatch_key = color_swatch_key_sql()
+    if body.swatch_url:
+        collection = await _active_collection(conn, body)
+        swatch_key = await run_in_threadpool(_resolve_and_own, services, body.swatch_url, collection, job_id)
+    try:
+        job = await jobs.create_job_for_color(
+            conn, job_id=job_id, family_id=body.family_id, color_id=body.color_id, cuts=body.cuts, seed=seed,
+            swatch_url=body.swatch_url, swatch_key=swatch_key, max_attempts=services.settings.job_max_attempts,
+            idempotency_key=idempotency_key, request_hash=request_hash if idempotency_key else None,
+        )
+        if job is None:  # the family or color is unknown or inactive: say which
+            await _active_collection(conn, body)
             raise HTTPException(422, f"unknown or inactive color {body.color_id} in family {body.family_id}")
-        if body.swatch_url:
-            swatch_key = resolve_swatch(services, body.swatch_url, family.collection)
-        else:
-            swatch_key = color_swatch_key(family, color)
-        seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
-        job_id = str(uuid.uuid4())
-        swatch_key = _own_swatch(services, swatch_key, job_id)
-        try:
-            job = jobs.create_job(
-                session, job_id=job_id, family_id=family.family_id, color_id=color.color_id, cuts=body.cuts,
-                seed=seed, swatch_url=body.swatch_url, swatch_key=swatch_key,
-                max_attempts=services.settings.job_max_attempts, idempotency_key=idempotency_key,
-                request_hash=request_hash if idempotency_key else None,
-            )
-        except BaseException:
-            forget_swatch(services.storage, job_id, swatch_key)  # nothing half-written stays behind
-            raise
+    except BaseException:
+        if isinstance(swatch_key, str):  # nothing half-written stays behind
+            await run_in_threadpool(forget_swatch, services.storage, job_id, swatch_key)
+        raise
     metrics.job_created()
-    return accepted(job)
+    return _json(accepted(job), 202)
+
+
+async def _active_collection(conn: AsyncConnection, body: GenerateRequest) -> str | None:
+    family_active, color_active, collection = await active_collection(conn, body.family_id, body.color_id)
+    if not family_active:
+        raise HTTPException(422, f"unknown or inactive fabric family: {body.family_id}")
+    if not color_active:
+        raise HTTPException(422, f"unknown or inactive color {body.color_id} in family {body.family_id}")
+    return collection
+
+
+def _resolve_and_own(services: Services, swatch_url: str, collection: str | None, job_id: str) -> str | None:
+    return _own_swatch(services, resolve_swatch(services, swatch_url, collection), job_id)
 
 
 def _own_swatch(services: Services, key: str | None, job_id: str) -> str | None:
@@ -116,8 +139,8 @@ def _own_swatch(services: Services, key: str | None, job_id: str) -> str | None:
         raise HTTPException(503, "storage unavailable, retry shortly", headers={"Retry-After": "5"}) from None
 
 
-def job_out(job: GenerationJob, storage: Storage) -> JobOut:
-    """The API view of a row. URLs are made from the stored keys at read time, so presigned URLs are fresh."""
+def job_out(job: GenerationJob | Row, storage: Storage) -> JobOut:
+    """The API view of a row (an ORM object or a plain row with the same names). URLs are made from the stored keys at read time, so presigned URLs are fresh."""
     seeds = [job.seed + index for index in range(len(job.cuts))] if job.seed is not None else []
     progress = []
     for index, cut in enumerate(job.cuts):
@@ -137,6 +160,15 @@ def job_out(job: GenerationJob, storage: Storage) -> JobOut:
         error_message=job.error_message, attempts=job.attempts, created_at=job.created_at,
         updated_at=job.updated_at, started_at=job.started_at, completed_at=job.completed_at,
     )
+
+
+async def read_job(services: Services, job_id: str) -> Response:
+    """GET /jobs/{job_id}: one indexed lookup on the event loop, serialized once."""
+    async with services.hot.connect() as conn:
+        job = await jobs.read_job(conn, job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return _json(job_out(job, services.storage))
 
 
 def find_job(services: Services, job_id: str) -> GenerationJob:

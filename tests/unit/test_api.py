@@ -109,15 +109,25 @@ def test_database_outage_is_a_json_503(api):
     engine.dispose()
 
 
-def test_backlog_gate_rechecks_at_most_every_ttl(api, sessions):
-    gate = BacklogGate(limit=1, ttl_seconds=60)
-    with sessions() as s:
-        assert not gate.is_full(s)
-    call(api, "POST", "/generate", json=NAVY)
-    with sessions() as s:
-        assert not gate.is_full(s)  # cached for the TTL: no query per request
-        gate._checked_at -= 61
-        assert gate.is_full(s)
+def test_the_backlog_gate_recounts_in_the_background_never_on_the_request(api, sessions):
+    gate = BacklogGate(limit=1, ttl_seconds=0.3)
+
+    async def verdicts() -> list[bool]:
+        engine = api.hot
+        seen = [await gate.is_full(engine)]  # the first request counts: nothing pending
+        with sessions.begin() as s:
+            jobs.create_job(s, family_id="f", color_id="c", cuts=["recto"], seed=1, swatch_url=None, swatch_key=None)
+        seen.append(await gate.is_full(engine))  # within the TTL: the verdict it has, no query
+        await asyncio.sleep(0.35)
+        seen.append(await gate.is_full(engine))  # stale: answers at once, recounts in the background
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if await gate.is_full(engine):
+                seen.append(True)
+                break
+        return seen
+
+    assert asyncio.run(verdicts()) == [False, False, False, True]
 
 
 SECRET = "unit-test-signing-key-of-at-least-32-bytes"

@@ -1,5 +1,5 @@
 """The app under plain uvicorn (no Ray proxy queueing in front of it) when the database cannot keep up:
-300 concurrent clients, a pool smaller than the route threads, a table locked past the statement
+300 concurrent clients, pools far smaller than the clients, a table locked past the statement
 timeout. Overload is a 503 with Retry-After and a JSON body, never a 500."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy import create_engine
 
 from catalog.data import load_catalog
 from catalog.loader import sync_catalog
-from db.engine import make_sessionmaker, sqlalchemy_url
+from db.engine import LoopEngines, make_async_engine, make_sessionmaker, sqlalchemy_url
 from deployments.storage import LocalStorage
 from serve_app.deps import Services
 from serve_app.settings import Settings
@@ -27,14 +27,14 @@ CLIENTS = 300
 
 
 
-def services_for(sessions, tmp_path, pooled_sessions, **settings) -> Services:
+def services_for(sessions, tmp_path, pooled_sessions, hot_engines=None, **settings) -> Services:
     catalog = load_catalog()
     with sessions.begin() as s:
         sync_catalog(s, catalog)
     settings = Settings(data_dir=tmp_path, rate_limit_generate="1000000/minute", max_pending_jobs=1_000_000,
                         **settings)
     return Services(settings=settings, sessions=pooled_sessions, storage=LocalStorage(tmp_path, "http://t/media"),
-                    catalog=catalog)
+                    catalog=catalog, hot_engines=hot_engines)
 
 
 async def clients(base_url: str, job_ids: list[str], seconds: float) -> list[tuple[int, str | None, str]]:
@@ -72,9 +72,11 @@ def assert_overload_is_503_with_retry_after(results) -> Counter:
 
 
 def test_300_clients_on_a_pool_smaller_than_the_threads_get_no_500(sessions, database_url, tmp_path):
-    # 2 connections for 40 route threads, given up on after 50 ms: the pool runs dry at once.
+    # 2 connections for 40 route threads, given up on after 50 ms: the pool runs dry at once. The same for
+    # the asyncio pool of the hot routes (POST /generate, GET /jobs/{id}).
     engine = create_engine(sqlalchemy_url(database_url), pool_size=2, max_overflow=0, pool_timeout=0.05)
-    services = services_for(sessions, tmp_path, make_sessionmaker(engine), ingress_threads=40)
+    starved = LoopEngines(lambda: make_async_engine(database_url, pool_size=2, pool_timeout=0.05))
+    services = services_for(sessions, tmp_path, make_sessionmaker(engine), starved, ingress_threads=40)
     with uvicorn_serving(services, backlog=CLIENTS * 2, timeout_keep_alive=30) as base_url:
         job_ids = [httpx.post(f"{base_url}/generate", json=NAVY).json()["job_id"] for _ in range(5)]
         results = asyncio.run(clients(base_url, job_ids, seconds=4))
