@@ -31,6 +31,7 @@ recording is skipped.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -66,9 +67,8 @@ class _Metric:
         self._lock = threading.Lock()
 
     def _metric(self) -> Any | None:
-        import ray
-
-        if self._made is not None or not ray.is_initialized():
+        ray = sys.modules.get("ray")  # a process that never imported Ray has no exporter: don't import it here
+        if self._made is not None or ray is None or not ray.is_initialized():
             return self._made
         with self._lock:
             if self._made is None:
