@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 CATALOG_DIR = Path(__file__).parent
@@ -39,7 +40,18 @@ class CutSpec:
     shading: str  # its grayscale shading map
 
     def template_png(self) -> bytes:
-        return (CATALOG_DIR / self.template).read_bytes()
+        return self._template[0]
+
+    @property
+    def template_digest(self) -> str:
+        """The template's SHA-256: what the control-map caches key it by, so no stage hashes it per cut."""
+        return self._template[1]
+
+    @cached_property
+    def _template(self) -> tuple[bytes, str]:
+        """Read and hashed once per process: the shipped templates do not change while it runs."""
+        data = (CATALOG_DIR / self.template).read_bytes()
+        return data, hashlib.sha256(data).hexdigest()
 
     def regions_png(self) -> bytes:
         return (CATALOG_DIR / self.regions).read_bytes()

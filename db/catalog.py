@@ -20,6 +20,14 @@ def find_family_and_color(session: Session, family_id: str, color_id: str) -> tu
     return family, color
 
 
+def find_families_and_colors(session: Session, family_ids, color_ids) -> tuple[dict[str, FabricFamily], dict[str, Color]]:
+    """`find_family_and_color` for many jobs at once, in two queries whatever their number (the runner
+    plans every job it claims in the claim's transaction); deleted ones are absent."""
+    families = session.scalars(select(FabricFamily).where(FabricFamily.family_id.in_(set(family_ids))))
+    colors = session.scalars(select(Color).where(Color.color_id.in_(set(color_ids))))
+    return {f.family_id: f for f in families}, {c.color_id: c for c in colors}
+
+
 def list_families(session: Session) -> list[FabricFamily]:
     """Every family, active or not, with all its colors loaded."""
     return list(session.scalars(select(FabricFamily).options(selectinload(FabricFamily.colors))

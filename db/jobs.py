@@ -353,17 +353,31 @@ def renew_leases(session: Session, leases: list[Lease], lease_seconds: float) ->
     return {Lease(job_id, token) for job_id, token in rows}
 
 
-def record_cut(session: Session, lease: Lease, cut: str, progress: dict) -> bool:
-    """Atomically set one cut's progress entry (jsonb_set), so concurrent cuts never clobber each other."""
-    result = session.execute(
+@dataclass(frozen=True)
+class CutRecorded:
+    """A progress write that landed, and whether the client has asked to cancel the job meanwhile."""
+
+    cancel_requested: bool
+
+
+def record_cut(session: Session, lease: Lease, cut: str, progress: dict) -> CutRecorded | None:
+    """Atomically set one cut's progress entry (jsonb_set), so concurrent cuts never clobber each other.
+
+    One statement also answers the runner's cut-boundary question, "was cancel requested?", so a cut
+    costs no separate read for it. None when the write was refused: the attempt lost its lease.
+    """
+    cancel = session.execute(
         update(GenerationJob)
         .where(*_held(lease))
         .values(
             cut_progress=func.jsonb_set(GenerationJob.cut_progress, [cut], cast(bindparam("entry", progress, type_=JSONB), JSONB)),
             updated_at=_touched(),
         )
-    )
-    return _announced(session, lease, result.rowcount == 1)
+        .returning(GenerationJob.cancel_requested)
+    ).scalar_one_or_none()
+    if not _announced(session, lease, cancel is not None):
+        return None
+    return CutRecorded(bool(cancel))
 
 
 def complete_job(session: Session, lease: Lease, result_urls: list[str]) -> bool:

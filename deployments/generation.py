@@ -1,10 +1,11 @@
 """SDXL Turbo + ControlNet + IP-Adapter generation, as a plain class usable without Ray.
 
 What repeats between requests is computed once: prompt embeddings per prompt text, IP-Adapter image
-embeddings per swatch content hash (control maps are cached upstream, per cut). The rest runs as one
-batched call of `TurboDenoiser`, the pipeline's arithmetic without its per-call Python, under CUDA
-graphs on a GPU. Each cut draws its noise from its own seeded generator, so a cut's image does not
-depend on what it was batched with.
+embeddings per swatch content hash (control maps are cached upstream, per cut); a swatch whose content
+the caller can name without reading it (key and version) is not even read again once embedded. The
+rest runs as one batched call of `TurboDenoiser`, the pipeline's arithmetic without its per-call
+Python, under CUDA graphs on a GPU. Each cut draws its noise from its own seeded generator, so a
+cut's image does not depend on what it was batched with.
 """
 
 from __future__ import annotations
@@ -31,14 +32,24 @@ from deployments.storage import ObjectMissing, Storage
 
 logger = logging.getLogger("sastre.generation")
 
+# A swatch's IP-Adapter embedding (1, dim) and whether it had to fall back to a blank image.
+SwatchEmbedding = tuple[torch.Tensor, bool]
+
+
 @dataclass(frozen=True)
 class CutRequest:
-    """One image to make. `swatch` is the encoded swatch image, or None when it could not be loaded."""
+    """One image to make. `swatch` is the encoded swatch image, or None when it could not be loaded.
+
+    A reader that already hashed the swatch passes `swatch_digest`, so the model does not hash it
+    again; one that found its embedding cached passes `swatch_embedding` instead of the bytes.
+    """
 
     prompt: str
     control_image: np.ndarray  # HxWx3 uint8, already at the output resolution
     swatch: bytes | None
     seed: int
+    swatch_digest: str | None = None
+    swatch_embedding: SwatchEmbedding | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,7 @@ def decode_swatch(data: bytes | None) -> Image.Image | None:
         return None
 
 
-def _swatch_digest(swatch: bytes | None) -> str:
+def swatch_digest(swatch: bytes | None) -> str:
     """Image embeddings are keyed by the swatch's content hash, so a cache hit costs a hash, not a decode."""
     return hashlib.sha256(swatch).hexdigest() if swatch else "missing"
 
@@ -102,10 +113,12 @@ class SdxlTurboModel:
         self.pipeline.set_ip_adapter_scale(ip_adapter_scale)
         self.graphs = (BucketedRunner(self.acceleration.batch_sizes, cuda_graph_builder(self.denoiser))
                        if self.acceleration.cuda_graphs else None)
-        # Embeddings are tiny next to the models. No lock of their own: the model calls them one batch
-        # at a time, under `_lock` (or in warm-up, before the replica takes traffic).
+        # Embeddings are tiny next to the models. The model computes them one batch at a time, under
+        # `_lock` (or in warm-up, before the replica takes traffic); the image embeddings' cache also
+        # has a lock of its own, for the swatch readers that look up (`cached_swatch_embedding`).
         self.prompt_embeddings = cached(LRUCache(512), key=lambda prompt: prompt, info=True)(self._encode_prompt)
-        self.image_embeddings = cached(LRUCache(256), key=_swatch_digest, info=True)(self._encode_swatch)
+        self.image_embeddings = cached(LRUCache(256), key=lambda digest, swatch: digest, lock=threading.Lock(),
+                                       info=True)(self._encode_swatch)
         self.cache_counters = metrics.CacheCounters({"prompt_embedding": self.prompt_embeddings,
                                                      "swatch_embedding": self.image_embeddings})
         # One batch at a time: the IP-Adapter scale is pipeline-wide state, graphs own their buffers,
@@ -135,8 +148,18 @@ class SdxlTurboModel:
         )
         return embeds, pooled
 
+    def cached_swatch_embedding(self, digest: str) -> SwatchEmbedding | None:
+        """The embedding of the swatch with this content hash if it is cached (no bytes needed), else None."""
+        with self.image_embeddings.cache_lock:
+            return self.image_embeddings.cache.get(digest)
+
+    def swatch_embedding(self, request: CutRequest) -> SwatchEmbedding:
+        if request.swatch_embedding is not None:
+            return request.swatch_embedding
+        return self.image_embeddings(request.swatch_digest or swatch_digest(request.swatch), request.swatch)
+
     @torch.inference_mode()
-    def _encode_swatch(self, swatch: bytes | None) -> tuple[torch.Tensor, bool]:
+    def _encode_swatch(self, digest: str, swatch: bytes | None) -> SwatchEmbedding:
         """The swatch's IP-Adapter embedding and whether it had to fall back to a blank image."""
         image = decode_swatch(swatch)
         fallback = image is None
@@ -162,7 +185,7 @@ class SdxlTurboModel:
         `progress` hears one line per size: a capture that hangs or fails is then easy to place.
         """
         control = np.zeros((height, width, 3), np.uint8)
-        embeds, _ = self.image_embeddings(None)
+        embeds, _ = self.image_embeddings(swatch_digest(None), None)
         sizes = self.graphs.bucket_sizes if self.graphs else [1]
         with self._lock:
             for size in sizes:
@@ -175,7 +198,7 @@ class SdxlTurboModel:
         self.cache_counters.skip()
 
     def _generate(self, requests: list[CutRequest]) -> list[CutImage]:
-        prepared = [(request, *self.image_embeddings(request.swatch)) for request in requests]
+        prepared = [(request, *self.swatch_embedding(request)) for request in requests]
         results: list[CutImage | None] = [None] * len(requests)
         for fallback in (False, True):
             group = [i for i, (_, _, fb) in enumerate(prepared) if fb == fallback]
@@ -236,27 +259,51 @@ class CutGenerator:
     in-process render chain calls `generate`.
     """
 
-    def __init__(self, model: SdxlTurboModel, storage: Storage) -> None:
+    def __init__(self, model: SdxlTurboModel, storage: Storage, known_swatches: int = 1024) -> None:
         self.model = model
         self.storage = storage
+        # (swatch key, version) -> the content hash read under it. Only swatches that were read are
+        # remembered: a missing one is looked for again next time.
+        self.swatch_digests: LRUCache = LRUCache(known_swatches)
+        self._lock = threading.Lock()  # the Serve generator reads swatches on several threads
+        self.reads = 0  # swatches read from storage: what the embedding cache saves shows here
 
-    def request(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutRequest:
-        """The model's request for one cut, its swatch read from storage.
+    def request(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int,
+                swatch_version: str | None = None) -> CutRequest:
+        """The model's request for one cut, its swatch read from storage unless its embedding is cached.
+
+        `swatch_version` says, with the key, what the stored content is without reading it (see
+        `CutTask.swatch_version`); a swatch read once under the same key and version whose embedding
+        is still cached is not read again. Without a version the swatch is read every time.
 
         Only a missing object falls back to IP-Adapter scale 0 (an undecodable one does too, later, in
         `decode_swatch`). A store that does not answer properly raises `StorageUnavailable`: the cut
         attempt fails and is retried, so a storage hiccup never turns into a degraded image in a
         "completed" job.
         """
+        named = (swatch_key, swatch_version) if swatch_key is not None and swatch_version is not None else None
+        if named is not None:
+            with self._lock:
+                digest = self.swatch_digests.get(named)
+            embedding = self.model.cached_swatch_embedding(digest) if digest is not None else None
+            if embedding is not None:
+                return CutRequest(prompt, control_image, None, seed, digest, embedding)
         swatch = None
         if swatch_key is not None:
+            with self._lock:
+                self.reads += 1
             try:
                 swatch = self.storage.get(swatch_key)
             except ObjectMissing as exc:
                 logger.warning("swatch %s is gone, IP-Adapter falls back to scale 0: %s", swatch_key, exc)
-        return CutRequest(prompt, control_image, swatch, seed)
+        digest = swatch_digest(swatch)
+        if named is not None and swatch is not None:
+            with self._lock:
+                self.swatch_digests[named] = digest
+        return CutRequest(prompt, control_image, swatch, seed, digest)
 
-    def generate(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutImage:
+    def generate(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int,
+                 swatch_version: str | None = None) -> CutImage:
         """One cut, alone: the in-process chain's generate stage."""
-        [image] = self.model.generate([self.request(prompt, control_image, swatch_key, seed)])
+        [image] = self.model.generate([self.request(prompt, control_image, swatch_key, seed, swatch_version)])
         return image

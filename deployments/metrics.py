@@ -162,9 +162,9 @@ def ip_adapter_fell_back(cuts: int) -> None:
         IP_ADAPTER_FALLBACKS.record(cuts)
 
 
-def render_cache_looked_up(hit: bool) -> None:
-    """A cut was looked up in the render cache: a hit is a render the GPUs never did."""
-    (CACHE_HITS if hit else CACHE_MISSES).record(1, cache="render")
+def cache_looked_up(cache: str, hit: bool) -> None:
+    """One lookup in a cache that is not a `cachetools` function (the render cache, the control-map refs)."""
+    (CACHE_HITS if hit else CACHE_MISSES).record(1, cache=cache)
 
 
 def rate_limited(route: str) -> None:

@@ -29,15 +29,20 @@ class ControlMapper:
         self.maps = cached(LRUCache(cache_size), key=_map_key, lock=threading.Lock(), info=True)(self._map)
         self.cache_counters = metrics.CacheCounters({"control_map": self.maps})
 
-    def control_map(self, template_png: bytes, cut: str, detector: str = "canny", resolution: int = 512) -> np.ndarray:
-        """Return the HxWx3 uint8 control map for `cut` at `resolution`, cached per (cut, detector, size)."""
+    def control_map(self, template_png: bytes, cut: str, detector: str = "canny", resolution: int = 512,
+                    template_digest: str | None = None) -> np.ndarray:
+        """Return the HxWx3 uint8 control map for `cut` at `resolution`, cached per (cut, detector, size).
+
+        `template_digest` is the template's SHA-256 when the caller knows it (the catalog hashes each
+        template once per process), so a cache hit costs no hashing; without it, it is computed here.
+        """
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")
-        control = self.maps(template_png, cut, detector, resolution)
+        control = self.maps(template_png, cut, detector, resolution, template_digest or digest_of_template(template_png))
         self.cache_counters.publish()
         return control
 
-    def _map(self, template_png: bytes, cut: str, detector: str, resolution: int) -> np.ndarray:
+    def _map(self, template_png: bytes, cut: str, detector: str, resolution: int, template_digest: str) -> np.ndarray:
         template = Image.open(io.BytesIO(template_png)).convert("RGB")
         template = template.resize((resolution, resolution), Image.LANCZOS)
         mapped = self._canny(
@@ -53,6 +58,11 @@ class ControlMapper:
         return result
 
 
-def _map_key(template_png: bytes, cut: str, detector: str, resolution: int) -> tuple:
+def digest_of_template(template_png: bytes) -> str:
+    """A template's SHA-256, as `CutSpec.template_digest` computes it."""
+    return hashlib.sha256(template_png).hexdigest()
+
+
+def _map_key(template_png: bytes, cut: str, detector: str, resolution: int, template_digest: str) -> tuple:
     """A template's digest stands in for its bytes, so the cache does not keep every PNG it saw."""
-    return (cut, detector, resolution, hashlib.sha256(template_png).hexdigest())
+    return (cut, detector, resolution, template_digest)

@@ -5,7 +5,9 @@ the finisher's result; its stages say how a stage is reached:
 
 - `ServeStages`, the worker deployments (the JobRunner's path). Each stage's `DeploymentResponse` goes
   straight into the next call, so the generated pixels travel from the generator replica to the
-  finisher replica without a detour through the runner; only the small result dict comes back. Each
+  finisher replica without a detour through the runner; only the small result dict comes back. The
+  control map travels by reference (`deployments/control_refs.py`): it is the same for every cut of
+  a template at a size, so the generator fetches it once, not per cut. Each
   replica bounds its own stage by the stage timeout; the chain as a whole is bounded by the three
   stages' sum, which also covers a request that waits for a replica (a cold start) or a replica that
   stopped answering altogether. On a failure or a timeout, whatever is still in flight is cancelled.
@@ -48,6 +50,11 @@ class CutTask:
     swatch_key: str | None
     seed: int
     result_key: str
+    template_digest: str | None = None  # the template's SHA-256, when the caller has it (no re-hashing per cut)
+    # With `swatch_key`, what names the stored swatch's content without reading it (a catalog color's
+    # swatch version; a job's own copy, written once): the generator reads it only on an embedding-cache
+    # miss. None when nothing does: it is read for every cut.
+    swatch_version: str | None = None
 
 
 class Stages(Protocol):
@@ -66,7 +73,7 @@ class RenderChain:
     @classmethod
     def on_serve(cls, preprocessor: DeploymentHandle, generator: DeploymentHandle, finisher: DeploymentHandle,
                  detector: str, resolution: int, *, stage_timeout_s: float) -> RenderChain:
-        stages = ServeStages(preprocessor.control_map, generator.generate, finisher.finish, stage_timeout_s)
+        stages = ServeStages(preprocessor.control_ref, generator.generate, finisher.finish, stage_timeout_s)
         return cls(stages, detector, resolution)
 
     @classmethod
@@ -80,13 +87,14 @@ class RenderChain:
         return await self.stages.run(partial(self._chain, task))
 
     async def _chain(self, task: CutTask, send: Send) -> Any:
-        control = await send("preprocess", task.template_png, task.cut, self.detector, self.resolution)
-        image = await send("generate", task.prompt, control, task.swatch_key, task.seed)
+        control = await send("preprocess", task.template_png, task.cut, self.detector, self.resolution,
+                             task.template_digest)
+        image = await send("generate", task.prompt, control, task.swatch_key, task.seed, task.swatch_version)
         return await send("finish", image, task.result_key)
 
 
 class ServeStages:
-    """The stages as deployment methods: `ControlNetPreprocessor.control_map`, `SdxlTurboGenerator.generate`,
+    """The stages as deployment methods: `ControlNetPreprocessor.control_ref`, `SdxlTurboGenerator.generate`,
     `Finisher.finish`. Sending a stage starts it and hands back its response at once."""
 
     def __init__(self, preprocess: DeploymentHandle, generate: DeploymentHandle, finish: DeploymentHandle,

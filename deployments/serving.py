@@ -16,6 +16,7 @@ import numpy as np
 from ray import serve
 
 from deployments import metrics
+from deployments.control_refs import ControlMaps, ControlRef, ControlRefs
 from deployments.finishing import Finisher
 from deployments.generation import Acceleration, CutGenerator, CutImage, CutRequest, SdxlTurboModel
 from deployments.model_loading import load_pipeline
@@ -40,11 +41,15 @@ HEALTH_CHECK = {"health_check_period_s": 5, "health_check_timeout_s": 10}
 class ControlNetPreprocessor:
     def __init__(self, stage_timeout_s: float) -> None:
         self.mapper = ControlMapper()
+        self.refs = ControlRefs(self.mapper)
         self.stage_timeout_s = stage_timeout_s
         self.calls = CallsInFlight("control map")
 
-    async def control_map(self, template_png: bytes, cut: str, detector: str, resolution: int) -> np.ndarray:
-        work = asyncio.to_thread(self.calls.run, self.mapper.control_map, template_png, cut, detector, resolution)
+    async def control_ref(self, template_png: bytes, cut: str, detector: str, resolution: int,
+                          template_digest: str | None = None) -> ControlRef:
+        """The cut's control map by reference: the generator resolves it once per template and size."""
+        work = asyncio.to_thread(self.calls.run, self.refs.control_ref, template_png, cut, detector, resolution,
+                                 template_digest)
         return await metrics.timed("preprocess", bounded("preprocess", self.stage_timeout_s, work))
 
     def check_health(self) -> None:
@@ -69,6 +74,7 @@ class SdxlTurboGenerator:
         # replica only once __init__ returns, so no request waits for a capture.
         self.model.warm_up(image_size, image_size, progress=logger.info)
         self.generator = CutGenerator(self.model, open_storage(storage))
+        self.control_maps = ControlMaps()
         # The batch's bounds are settings (`max_batch_size`, `batch_wait_seconds`), so they are set here
         # rather than in the decorator; the largest batch is also the largest captured graph, above.
         self.generate_batch.set_max_batch_size(max_batch_size)
@@ -94,17 +100,19 @@ class SdxlTurboGenerator:
             time.sleep(0.1)  # fault injection (tests only): a model call that hangs, as a stuck CUDA call does
         return self.model.generate(requests)
 
-    async def generate(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int) -> CutImage:
+    async def generate(self, prompt: str, control: ControlRef | np.ndarray, swatch_key: str | None, seed: int,
+                       swatch_version: str | None = None) -> CutImage:
         """One cut, bounded by the stage timeout. A swatch that is gone falls back to IP-Adapter scale 0
         (`CutGenerator.request`); a store that does not answer fails the call, and the runner retries the cut."""
-        work = self._generate_one(prompt, control_image, swatch_key, seed)
+        work = self._generate_one(prompt, control, swatch_key, seed, swatch_version)
         return await metrics.timed("generate", bounded("generate", self.stage_timeout_s, work))
 
-    async def _generate_one(self, prompt: str, control_image: np.ndarray, swatch_key: str | None,
-                            seed: int) -> CutImage:
+    async def _generate_one(self, prompt: str, control: ControlRef | np.ndarray, swatch_key: str | None,
+                            seed: int, swatch_version: str | None) -> CutImage:
+        control_image = await self.control_maps.resolve(control)
         loop = asyncio.get_running_loop()
         request = await loop.run_in_executor(self._reads, self.generator.request, prompt, control_image, swatch_key,
-                                             seed)
+                                             seed, swatch_version)
         return await self.generate_batch(request)
 
     def describe(self) -> dict:

@@ -52,12 +52,13 @@ class Services:
             settings = self.settings
             self.rate_limits = RateLimits({"generate": settings.rate_limit_generate, "upload": settings.rate_limit_upload},
                                           settings.rate_limit_storage, settings.trusted_proxies)
-        if self.hot_engines is None:
-            self.hot_engines = hot_engines(self.settings, self.sessions.kw["bind"].url)
 
     @property
     def hot(self) -> AsyncEngine:
-        """The asyncio engine of the running event loop (called from async code only)."""
+        """The asyncio engine of the running event loop (called from async code only). The engines are
+        made on first use, so services can be built before their sessions are bound to a database."""
+        if self.hot_engines is None:
+            self.hot_engines = hot_engines(self.settings, self.sessions.kw["bind"].url)
         return self.hot_engines.current()
 
 

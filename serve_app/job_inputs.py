@@ -29,6 +29,22 @@ def own_swatch(storage: Storage, key: str | None, job_id: str) -> str | None:
     return owned
 
 
+def swatch_version(job_id: str, key: str | None, color_key: str | None, color_version: int) -> str | None:
+    """What names the content stored under a job's swatch `key` without reading it, or None.
+
+    The job's own copy is written once, when the job is accepted, under a key no other job uses; the
+    color's catalog swatch changes only with `colors.swatch_version`. Any other key (none today) has
+    no such promise, and the generator reads it for every cut.
+    """
+    if key is None:
+        return None
+    if key.startswith(f"{JOB_PREFIX}{job_id}/"):
+        return "own-copy"
+    if key == color_key:
+        return f"color-v{color_version}"
+    return None
+
+
 def forget_swatch(storage: Storage, job_id: str, key: str | None) -> None:
     """Delete the job's own swatch copy, if it has one (best effort: a leftover is only garbage)."""
     if key and key.startswith(f"{JOB_PREFIX}{job_id}/"):

@@ -142,7 +142,7 @@ class RenderCache:
             return None
         with self.sessions.begin() as session:
             hit = render_cache.find(session, entry["key_hash"])
-            metrics.render_cache_looked_up(hit is not None)
+            metrics.cache_looked_up("render", hit is not None)
             if hit is None:
                 return None
             try:

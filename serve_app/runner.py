@@ -9,6 +9,11 @@ than `concurrency` jobs, so a burst of POSTs waits in Postgres instead of piling
 Each claim is an attempt with a lease of its own (`jobs.Lease`): every write carries it, and a write
 refused because the lease was lost stops that attempt (`LeaseLost`). A job this runner still has an
 attempt of is never claimed again by it, so it holds at most one attempt per job.
+
+The database work per job is kept to what the guarantees need, because under a backlog it is a
+visible share of the cost of a cut: the claim's transaction also plans the jobs it claimed (no second
+read of the row), each cut costs two progress writes whose answer says whether cancel was requested
+(no separate cancel check), and the job's last write completes it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
@@ -28,14 +34,15 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
+from catalog.loader import color_swatch_key
 from catalog.prompts import build_prompt
 from db import jobs
-from db.catalog import find_family_and_color
-from db.models import GenerationJob
+from db.catalog import find_families_and_colors
+from db.models import Color, FabricFamily, GenerationJob
 from deployments import metrics
 from deployments.rendering import CutTask
 from deployments.storage import UPLOAD_PREFIX, Storage
-from serve_app.job_inputs import forget_swatch
+from serve_app.job_inputs import forget_swatch, swatch_version
 from serve_app.render_cache import RenderCache, RenderSettings
 from serve_app.settings import Settings
 
@@ -67,6 +74,18 @@ class LeaseLost(Exception):
 class CutRenderer(Protocol):
     async def render(self, task: CutTask) -> dict:
         """Produce, watermark and store one cut; returns {url, key, seed, ip_adapter_fallback}."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claimed attempt and its plan, made in the claim's transaction: the cuts still to render, the
+    progress entries of cuts an earlier attempt finished, or why the job cannot run (`LookupError`)."""
+
+    lease: jobs.Lease
+    tasks: list[CutTask] = field(default_factory=list)
+    done: dict[str, dict] = field(default_factory=dict)
+    error: LookupError | None = None
+    job: GenerationJob | None = None  # the claimed row, for the render cache's keys
 
 
 def result_key(job: GenerationJob, cut: str) -> str:
@@ -176,11 +195,12 @@ class JobRunner:
         if capacity <= 0:
             return []
         claimed = await self._in(self._db_threads, self._claim, capacity, list(self.active))
-        for lease in claimed:
-            task = asyncio.create_task(self.process(lease))
+        for claim in claimed:
+            lease = claim.lease
+            task = asyncio.create_task(self.process(claim))
             self.active[lease.job_id], self.leases[lease.job_id] = task, lease
             task.add_done_callback(lambda t, j=lease.job_id: self._finished(j, t))
-        return [lease.job_id for lease in claimed]
+        return [claim.lease.job_id for claim in claimed]
 
     def _finished(self, job_id: str, task: asyncio.Task) -> None:
         if self.active.get(job_id) is task:
@@ -198,13 +218,19 @@ class JobRunner:
         with self.sessions() as session:
             return jobs.backlog(session)
 
-    def _claim(self, limit: int, held: list[str]) -> list[jobs.Lease]:
+    def _claim(self, limit: int, held: list[str]) -> list[Claim]:
+        """Claim up to `limit` jobs and plan them, in one transaction (the claim returns the rows)."""
         with self.sessions.begin() as session:
             claimed = jobs.claim_jobs(session, self.owner, limit, self.lease_seconds, held)
+            if not claimed:
+                return []
+            families, colors = find_families_and_colors(session, [j.family_id for j in claimed],
+                                                        [j.color_id for j in claimed])
+            planned = [self._plan(job, families.get(job.family_id), colors.get(job.color_id)) for job in claimed]
         for job in claimed:
             if job.attempts == 1:  # queue wait is the first claim's; a re-queued job's rescue is not
                 metrics.job_claimed((job.started_at - job.created_at).total_seconds())
-        return [jobs.lease_of(job) for job in claimed]
+        return planned
 
     def _housekeeping(self) -> None:
         """Every tick: re-queue jobs whose runner or attempt died. Every few minutes: expire old uploads."""
@@ -259,33 +285,30 @@ class JobRunner:
             return jobs.renew_leases(session, leases, self.lease_seconds)
 
     # -- one job -----------------------------------------------------------------------------------
-    def _plan(self, job_id: str) -> tuple[list[CutTask], dict[str, dict]]:
-        """The job's cuts as tasks, and the progress entries of cuts an earlier attempt already finished.
+    def _plan(self, job: GenerationJob, family: FabricFamily | None, color: Color | None) -> Claim:
+        """The claimed job's cuts as tasks, and the progress entries of cuts an earlier attempt finished.
 
         The prompt's fabric and color words are the database's, as they are when the attempt starts, so
         an admin's edit shows in the next job; the cuts (prompt text, template) are the catalog's assets.
         """
-        with self.sessions.begin() as session:
-            job = jobs.get_job(session, job_id)
-            family, color = find_family_and_color(session, job.family_id, job.color_id)
-            if family is None or color is None:
-                raise LookupError(f"fabric {job.family_id}/{job.color_id} is no longer in the catalog")
-            tasks = []
-            for index, cut in enumerate(job.cuts):
-                spec = self.catalog.cut(cut)
-                if spec is None:
-                    raise LookupError(f"cut {cut!r} is no longer in the catalog")
-                tasks.append(CutTask(
-                    job_id=job.job_id, cut=cut,
-                    prompt=build_prompt(spec.prompt, family.fabric, color.english),
-                    template_png=spec.template_png(), swatch_key=job.swatch_key, seed=job.seed + index,
-                    result_key=result_key(job, cut),
-                ))
-            done = {cut: entry for cut, entry in job.cut_progress.items()
-                    if entry.get("status") == "completed" and entry.get("key")}
-        if self.cache is not None:
-            self.cache.plan(job, tasks)
-        return tasks, done
+        lease = jobs.lease_of(job)
+        if family is None or color is None:
+            return Claim(lease, error=LookupError(f"fabric {job.family_id}/{job.color_id} is no longer in the catalog"))
+        version = swatch_version(job.job_id, job.swatch_key, color_swatch_key(family, color), color.swatch_version)
+        tasks = []
+        for index, cut in enumerate(job.cuts):
+            spec = self.catalog.cut(cut)
+            if spec is None:
+                return Claim(lease, error=LookupError(f"cut {cut!r} is no longer in the catalog"))
+            tasks.append(CutTask(
+                job_id=job.job_id, cut=cut,
+                prompt=build_prompt(spec.prompt, family.fabric, color.english),
+                template_png=spec.template_png(), swatch_key=job.swatch_key, seed=job.seed + index,
+                result_key=result_key(job, cut), template_digest=spec.template_digest, swatch_version=version,
+            ))
+        done = {cut: entry for cut, entry in job.cut_progress.items()
+                if entry.get("status") == "completed" and entry.get("key")}
+        return Claim(lease, tasks, done, job=job)
 
     @staticmethod
     async def _in(pool: ThreadPoolExecutor, fn, *args):
@@ -304,25 +327,25 @@ class JobRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _record(self, lease: jobs.Lease, cut: str, entry: dict) -> None:
+    def _record(self, lease: jobs.Lease, cut: str, entry: dict) -> bool:
+        """Write one cut's progress; True when the client has asked to cancel the job (the same statement)."""
         with self.sessions.begin() as session:
-            if not jobs.record_cut(session, lease, cut, entry):
-                raise LeaseLost(lease.job_id)
+            recorded = jobs.record_cut(session, lease, cut, entry)
+        if recorded is None:
+            raise LeaseLost(lease.job_id)
+        return recorded.cancel_requested
 
-    def _cancel_requested(self, job_id: str) -> bool:
-        with self.sessions() as session:
-            return jobs.cancel_requested(session, job_id)
-
-    async def process(self, lease: jobs.Lease) -> None:
+    async def process(self, claim: Claim) -> None:
+        lease, tasks, done = claim.lease, claim.tasks, claim.done
         job_id = lease.job_id
-        tasks: list[CutTask] = []
         try:
-            tasks, done = await self._db(self._plan, job_id)
+            if claim.error is not None:
+                raise claim.error
+            if self.cache is not None:
+                await self._db(self.cache.plan, claim.job, tasks)
             async with asyncio.TaskGroup() as group:
                 running = {t.cut: group.create_task(self._run_cut(lease, t)) for t in tasks if t.cut not in done}
             results = {**done, **{cut: task.result() for cut, task in running.items()}}
-            if await self._db(self._cancel_requested, job_id):
-                raise JobCanceled()
         except Exception as exc:
             errors = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
             if any(isinstance(error, LeaseLost) for error in errors):
@@ -342,17 +365,18 @@ class JobRunner:
             logger.info("job %s completed (%d cuts, %d reused from an earlier attempt)", job_id, len(tasks), len(done))
 
     async def _run_cut(self, lease: jobs.Lease, task: CutTask) -> dict:
-        """One cut, retried with backoff; the cancel flag is checked at every cut boundary.
+        """One cut, retried with backoff; the cancel flag is checked at every cut boundary, by the
+        progress write that marks it (before each render attempt, and when it is done).
 
         A cut the render cache has is not rendered: its stored image completes it at once."""
         if self.cache is not None and (hit := await self._db(self.cache.lookup, task)) is not None:
-            await self._db(self._record, lease, task.cut, hit)
+            if await self._db(self._record, lease, task.cut, hit):
+                raise JobCanceled()
             return hit
         for attempt in range(1, self.cut_attempts + 1):
-            if await self._db(self._cancel_requested, task.job_id):
+            if await self._db(self._record, lease, task.cut,
+                              {"status": "processing", "seed": task.seed, "attempt": attempt}):
                 raise JobCanceled()
-            await self._db(self._record, lease, task.cut,
-                           {"status": "processing", "seed": task.seed, "attempt": attempt})
             try:
                 result = await self.renderer.render(task)
                 break
@@ -367,9 +391,11 @@ class JobRunner:
         entry = {"status": "completed", "seed": task.seed, "url": result["url"], "key": result["key"],
                  "ip_adapter_fallback": result["ip_adapter_fallback"], "attempt": attempt, "cached": False,
                  "finished_at": datetime.now(timezone.utc).isoformat()}
-        await self._db(self._record, lease, task.cut, entry)
+        canceled = await self._db(self._record, lease, task.cut, entry)
         if self.cache is not None:
             await self._db(self.cache.remember, task, entry)
+        if canceled:
+            raise JobCanceled()
         return entry
 
     def _finish(self, operation, lease: jobs.Lease, *args) -> bool:

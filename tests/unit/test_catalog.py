@@ -27,6 +27,15 @@ def test_shipped_catalog_has_three_families_of_four_colors_and_two_cuts():
             assert template.size == (512, 512)
 
 
+def test_a_cut_template_is_read_and_hashed_once_per_process():
+    import hashlib
+
+    cut = load_catalog().cut("recto")
+    assert cut.template_png() is cut.template_png()  # the same bytes object: not read again
+    assert cut.template_digest == hashlib.sha256(cut.template_png()).hexdigest()
+    assert cut.template_digest != load_catalog().cut("cruzado").template_digest
+
+
 def test_parse_rejects_bad_hex_and_duplicates():
     raw = {"collection": "C", "cuts": [], "families": [
         {"family_id": "a", "display_name": "A", "fabric": "wool",

@@ -92,6 +92,23 @@ def test_record_cut_updates_one_entry_and_is_fenced_by_the_lease(sessions):
     assert progress["cruzado"] == {"status": "pending", "seed": 101}
 
 
+def test_a_progress_write_answers_whether_cancel_was_requested(sessions):
+    """The runner's cut-boundary cancel check rides on its progress write: one statement, not two."""
+    [job_id] = _create(sessions)
+    with sessions.begin() as s:
+        [job] = jobs.claim_jobs(s, "owner", 1, 30)
+    lease = jobs.lease_of(job)
+    with sessions.begin() as s:
+        assert jobs.record_cut(s, lease, "recto", {"status": "processing", "seed": 100}) == jobs.CutRecorded(False)
+    with sessions.begin() as s:
+        assert jobs.request_cancel(s, job_id) == "requested"
+    with sessions.begin() as s:
+        assert jobs.record_cut(s, lease, "recto", {"status": "completed", "seed": 100}) == jobs.CutRecorded(True)
+        assert jobs.record_cut(s, jobs.Lease(job_id, "intruder"), "recto", {"status": "processing"}) is None
+    with sessions() as s:
+        assert jobs.get_job(s, job_id).cut_progress["recto"] == {"status": "completed", "seed": 100}
+
+
 def test_complete_and_fail(sessions):
     a, b = _create(sessions, 2)
     with sessions.begin() as s:

@@ -94,6 +94,31 @@ def test_a_swatch_that_is_gone_renders_at_ip_adapter_scale_zero_and_says_so(mode
     assert np.array_equal(_stored_pixels(storage, gone["key"]), _stored_pixels(storage, none["key"]))
 
 
+def test_a_versioned_swatch_is_read_again_only_when_its_embedding_is_not_cached(model, storage):
+    """Key and version name the content, so a hit needs no read; a new version (an admin replaced the
+    swatch) is read and rendered; without a version, or when the swatch is gone, every cut reads."""
+    generator = CutGenerator(model, storage)
+    control = ControlMapper().control_map(load_catalog().cut("cruzado").template_png(), "cruzado", "canny", SIZE)
+
+    first = generator.generate("p", control, SWATCH_KEY, 5, "color-v0")
+    again = generator.generate("p", control, SWATCH_KEY, 5, "color-v0")
+    assert generator.reads == 1 and np.array_equal(first.pixels, again.pixels)
+    hit = generator.request("p", control, SWATCH_KEY, 5, "color-v0")
+    assert hit.swatch is None and hit.swatch_embedding is not None and generator.reads == 1
+
+    storage.put(SWATCH_KEY, render_swatch("#1F2A44", "095T-0121"), "image/png")
+    replaced = generator.generate("p", control, SWATCH_KEY, 5, "color-v1")
+    [reference] = model.generate([CutRequest("p", control, storage.get(SWATCH_KEY), 5)])
+    assert generator.reads == 2 and np.array_equal(replaced.pixels, reference.pixels)
+    assert not np.array_equal(replaced.pixels, first.pixels)
+
+    generator.generate("p", control, SWATCH_KEY, 5)
+    generator.generate("p", control, SWATCH_KEY, 5)
+    assert generator.reads == 4
+    gone = [generator.generate("p", control, "swatches/deleted.png", 5, "color-v0") for _ in range(2)]
+    assert generator.reads == 6 and all(image.ip_adapter_fallback for image in gone)
+
+
 def test_a_stage_past_its_timeout_fails_the_render_naming_the_stage(model, storage):
     """A control map of the full-size template at 1024 px takes far longer than the 1 ms bound."""
     chain = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage), "canny", 1024,

@@ -134,3 +134,16 @@ def test_a_failed_job_retried_after_the_upload_expired_renders_from_its_own_copy
     job = _run(runner, sessions, job_id)
     assert job.status == "completed", job.error_message
     assert job.cut_progress["recto"]["ip_adapter_fallback"] is False
+
+
+def test_what_names_a_swatch_s_content_without_reading_it():
+    """A job's own copy is written once under its own key; a catalog swatch changes only with its version."""
+    from serve_app.job_inputs import swatch_version
+
+    catalog_key = "SASTRE 2026-27/095T-0121.png"
+    assert swatch_version("job-1", "jobs/job-1/swatch.png", catalog_key, 3) == "own-copy"
+    assert swatch_version("job-1", catalog_key, catalog_key, 3) == "color-v3"
+    assert swatch_version("job-1", catalog_key, catalog_key, 4) != swatch_version("job-1", catalog_key, catalog_key, 3)
+    assert swatch_version("job-1", "jobs/job-2/swatch.png", catalog_key, 3) is None  # another job's copy: no promise
+    assert swatch_version("job-1", "SASTRE 2026-27/other.png", catalog_key, 3) is None
+    assert swatch_version("job-1", None, catalog_key, 3) is None
