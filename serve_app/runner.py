@@ -27,6 +27,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Protocol
 
 import psycopg
@@ -95,6 +96,10 @@ def result_key(job: GenerationJob, cut: str) -> str:
 
 def libpq_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+# The runner's final writes and the outcome each one records.
+FINAL_OUTCOMES = {jobs.complete_job: "completed", jobs.fail_job: "failed", jobs.mark_canceled: "canceled"}
 
 
 class JobRunner:
@@ -338,6 +343,7 @@ class JobRunner:
     async def process(self, claim: Claim) -> None:
         lease, tasks, done = claim.lease, claim.tasks, claim.done
         job_id = lease.job_id
+        finish = partial(self._finish, created_at=claim.job.created_at if claim.job is not None else None)
         try:
             if claim.error is not None:
                 raise claim.error
@@ -352,15 +358,15 @@ class JobRunner:
                 logger.warning("job %s: this attempt lost its lease (the job was re-queued); stopping it", job_id)
                 return
             if any(isinstance(error, JobCanceled) for error in errors):
-                if await self._db(self._finish, jobs.mark_canceled, lease):
+                if await self._db(finish, jobs.mark_canceled, lease):
                     await self._forget_swatch(job_id, tasks)
                 logger.info("job %s canceled", job_id)
                 return
             first = errors[0]
             logger.error("job %s failed: %s: %s", job_id, type(first).__name__, first)
-            await self._db(self._finish, jobs.fail_job, lease, f"{type(first).__name__}: {first}")
+            await self._db(finish, jobs.fail_job, lease, f"{type(first).__name__}: {first}")
             return
-        if await self._db(self._finish, jobs.complete_job, lease, [results[t.cut]["url"] for t in tasks]):
+        if await self._db(finish, jobs.complete_job, lease, [results[t.cut]["url"] for t in tasks]):
             await self._forget_swatch(job_id, tasks)
             logger.info("job %s completed (%d cuts, %d reused from an earlier attempt)", job_id, len(tasks), len(done))
 
@@ -398,13 +404,17 @@ class JobRunner:
             raise JobCanceled()
         return entry
 
-    def _finish(self, operation, lease: jobs.Lease, *args) -> bool:
-        """The attempt's last write; False (and nothing changed) when the attempt had lost its lease."""
+    def _finish(self, operation, lease: jobs.Lease, *args, created_at: datetime | None = None) -> bool:
+        """The attempt's last write; False (and nothing changed) when the attempt had lost its lease.
+
+        A write that lands is counted by outcome, and a completion with the job's end-to-end latency,
+        from `created_at` (the claimed row's) to now: no statement of its own."""
         with self.sessions.begin() as session:
-            job = jobs.get_job(session, lease.job_id) if operation(session, lease, *args) else None
-        if job is not None:  # committed: count it, and a completed job's end-to-end latency (database clock)
-            latency = (job.completed_at - job.created_at).total_seconds()
-            metrics.job_finished(job.status, latency if job.status == "completed" else None)
+            landed = operation(session, lease, *args)
+        if landed:
+            outcome = FINAL_OUTCOMES[operation]
+            completed = outcome == "completed" and created_at is not None
+            metrics.job_finished(outcome, (datetime.now(timezone.utc) - created_at).total_seconds() if completed else None)
             return True
         logger.warning("job %s: its lease was lost before %s; the write was refused", lease.job_id,
                        operation.__name__)
