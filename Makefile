@@ -17,7 +17,7 @@ ifeq ($(ISOLATE),yes)
 IN_LOOPBACK_NETNS := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 endif
 
-.PHONY: install browser run test bench bench-preview bench-api bench-drain bench-events bench-gpu gpu-wheels stop-db clean
+.PHONY: install browser run test bench bench-preview bench-api bench-drain bench-cache bench-events bench-gpu gpu-wheels stop-db clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ bench-api: install
 # Draining 100 one-cut jobs: cuts/s through the service beside the same cuts through the model in-process.
 bench-drain: install
 	$(IN_LOOPBACK_NETNS) $(PY) bench/drain.py $(BENCH_ARGS)
+
+# A job served from the render cache beside the same job rendered.
+bench-cache: install
+	$(IN_LOOPBACK_NETNS) $(PY) bench/render_cache.py $(BENCH_ARGS)
 
 # Live progress: requests per job with server-sent events vs 2 s polling; p99 of polling with 200 streams open.
 bench-events: install

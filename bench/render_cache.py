@@ -5,8 +5,7 @@ same request again (served from the render cache). Both are timed the same way, 
 /jobs/{id} says completed, polling every `--poll-ms`, and the hit is checked to be one
 (`progress[].cached`). Tiny-random profile, CPU.
 
-Run: `python bench/render_cache.py --jobs 20` (Makefile's `make bench BENCH_ARGS=...` runs e2e_latency;
-run this one directly). Prints a table and one JSON line.
+Run: `make bench-cache BENCH_ARGS="--jobs 20"`. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
