@@ -119,17 +119,24 @@ class RenderCache:
         self.templates = {cut.cut_id: sha256(cut.template_png()) for cut in catalog.cuts}
         self.planned: dict[str, dict[str, dict]] = {}  # job id -> cut -> cache entry (less its object)
 
-    def plan(self, job: GenerationJob, tasks: list[CutTask]) -> None:
-        """Work out the key of each of the job's cuts; reads the job's swatch once."""
+    def keys(self, job: GenerationJob, tasks: list[CutTask]) -> dict[str, dict] | None:
+        """The cache entry (less its object) of each of the job's cuts; reads the job's swatch once.
+        None when the swatch cannot be read: its cuts are neither looked up nor remembered."""
         digest = swatch_digest(self.storage, job.swatch_key)
         if digest is None:
-            self.planned.pop(job.job_id, None)
-            return
-        self.planned[job.job_id] = {
+            return None
+        return {
             task.cut: cache_entry(CutInputs(job.family_id, job.color_id, task.cut, task.seed, task.prompt,
                                             self.templates[task.cut], digest), self.render)
             for task in tasks
         }
+
+    def plan(self, job_id: str, keys: dict[str, dict] | None) -> None:
+        """Use `keys` (from `keys()`) for the job's lookups until `close`; None: no cache for this job."""
+        if keys is None:
+            self.planned.pop(job_id, None)
+        else:
+            self.planned[job_id] = keys
 
     def close(self, job_id: str) -> None:
         """The job's attempt is over here: forget its keys."""

@@ -51,6 +51,7 @@ logger = logging.getLogger("sastre.runner")
 
 SWEEP_INTERVAL_SECONDS = 600
 DB_ATTEMPTS = 10  # backoff 0.2 s doubling to 5 s: about 30 s in all
+CACHE_PLAN_SECONDS = 2.0  # longest wait for a job's swatch to key the render cache (see _plan_cache)
 LOOP_DB_THREADS = 4  # database threads for the loop's own calls, besides one per job in hand
 DEFAULTS = Settings.model_fields  # the runner's defaults are the service's, written once in Settings
 
@@ -315,6 +316,18 @@ class JobRunner:
                 if entry.get("status") == "completed" and entry.get("key")}
         return Claim(lease, tasks, done, job=job)
 
+    async def _plan_cache(self, job: GenerationJob, tasks: list[CutTask]) -> None:
+        """Work out the job's render-cache keys, which takes a read of its swatch. The cache only saves
+        work, so a store that does not answer within `CACHE_PLAN_SECONDS` costs the job its cache, never
+        its progress: it renders, and the stage timeouts deal with the store as they always do."""
+        try:
+            keys = await asyncio.wait_for(self._in(self._db_threads, self.cache.keys, job, tasks), CACHE_PLAN_SECONDS)
+        except asyncio.TimeoutError:
+            logger.warning("job %s: its swatch did not answer within %.0f s; rendering without the render cache",
+                           job.job_id, CACHE_PLAN_SECONDS)
+            keys = None
+        self.cache.plan(job.job_id, keys)
+
     @staticmethod
     async def _in(pool: ThreadPoolExecutor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -348,7 +361,7 @@ class JobRunner:
             if claim.error is not None:
                 raise claim.error
             if self.cache is not None:
-                await self._db(self.cache.plan, claim.job, tasks)
+                await self._plan_cache(claim.job, tasks)
             async with asyncio.TaskGroup() as group:
                 running = {t.cut: group.create_task(self._run_cut(lease, t)) for t in tasks if t.cut not in done}
             results = {**done, **{cut: task.result() for cut, task in running.items()}}

@@ -12,6 +12,7 @@ import pytest
 from jose import jwt
 from sqlalchemy import delete, select, text
 
+from catalog.data import load_catalog
 from db.engine import make_sessionmaker
 from db.models import AdminLoginFailure, AdminUser, Color, FabricFamily
 from serve_app.admin.auth.service import create_user
@@ -260,7 +261,9 @@ def test_the_catalog_prewarm_makes_a_default_view_instant(service, client):
     answer = client.post("/admin/renders/prewarm")
     assert answer.status_code == 202, answer.text
     body = answer.json()
-    assert body["combinations"] >= 24 and body["without_swatch"] == []
+    shipped = {color.color_id for family in load_catalog().families for color in family.colors}
+    # Colors other tests created without a photo are listed as such; every shipped color has its swatch.
+    assert body["combinations"] >= 24 and not shipped & set(body["without_swatch"])
     assert len(body["enqueued"]) == body["combinations"] - body["cached"] - body["in_flight"] > 0
     finals = [_wait(client, job["job_id"])[0] for job in body["enqueued"]]
     assert {final["status"] for final in finals} == {"completed"}

@@ -65,7 +65,9 @@ def faulty(tmp_path_factory) -> Iterator[FaultService]:
     settings = {"database_url": url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
                 "image_size": SIZE, "poll_seconds": 0.5, "lease_seconds": 3, "cut_attempts": 8,
                 "cut_retry_seconds": 0.5, "runner_concurrency": 16, **UNLIMITED}
-    with serve(root, settings) as launched:
+    # One generator replica whatever the burst: the kill test needs the replica it kills to be the only one.
+    single = {"SdxlTurboGenerator": {"num_replicas": None, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}
+    with serve(root, settings, deployment_options=single) as launched:
         yield FaultService(launched, root / "data", postgres)
     postgres.cleanup()
 

@@ -45,7 +45,7 @@ def metered(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with fresh_database(server_url) as url, pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_metrics_report_interval_ms", str(REPORT_INTERVAL_MS))
         settings = {"database_url": url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
-                    "image_size": IMAGE_SIZE, "poll_seconds": 0.5, "max_pending_jobs": 1,
+                    "image_size": IMAGE_SIZE, "poll_seconds": 0.5, "max_pending_jobs": 1, "backlog_recount_seconds": 0,
                     "rate_limit_generate": "1000/minute", "rate_limit_upload": "1/minute"}
         with serve(root, settings, startup_timeout=480) as launched:  # a shared 2-core machine can be slow
             yield launched, url
