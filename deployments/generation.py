@@ -286,7 +286,8 @@ class CutGenerator:
             with self._lock:
                 digest = self.swatch_digests.get(named)
             embedding = self.model.cached_swatch_embedding(digest) if digest is not None else None
-            if embedding is not None:
+            if embedding is not None:  # a hit of the embedding cache (a miss is counted where it is computed)
+                metrics.cache_looked_up("swatch_embedding", True)
                 return CutRequest(prompt, control_image, None, seed, digest, embedding)
         swatch = None
         if swatch_key is not None:

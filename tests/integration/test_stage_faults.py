@@ -130,7 +130,8 @@ def test_a_swatch_read_that_never_answers_times_out_and_the_retry_completes(stor
     with store.client() as client:
         store.proxy.set_mode("stall-reads")
         try:
-            job_id = _submit(client)
+            # A color no earlier test rendered here: the generator holds no embedding of its swatch, so it reads it.
+            job_id = _submit(client, "lana-fria-gris-carbon")
             first_attempt = store.until_attempt(job_id, 2, timeout=60)
             assert store.proxy.stalled >= 1
         finally:
