@@ -26,12 +26,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import JSON, ColumnElement, Row, String, case, func, insert, literal, or_, select, text, tuple_, update
+from sqlalchemy import (JSON, ColumnElement, Integer, Row, Select, String, case, func, insert, literal, or_, select, text,
+                        tuple_, update)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import bindparam, cast
 
+from db.catalog import color_swatch_key_sql
 from db.models import Color, FabricFamily, GenerationJob
 
 NOTIFY_CHANNEL = "sastre_jobs"  # a job is due: wakes the runners
@@ -113,6 +115,42 @@ def initial_progress(cuts: list[str], seed: int) -> dict:
     return {cut: {"status": "pending", "seed": seed + index} for index, cut in enumerate(cuts)}
 
 
+# What POST /generate answers with: the RETURNING of the job it inserts (every column would be parsed
+# for nothing; GET /jobs/{id} reads the whole row).
+ACCEPTED_COLUMNS = (GenerationJob.job_id, GenerationJob.status, GenerationJob.seed, GenerationJob.color_id,
+                    GenerationJob.swatch_url, GenerationJob.cuts)
+
+
+def _job_for_color(swatch_key: ColumnElement) -> Select:
+    """The statement behind `create_job_for_color`, built once per swatch source: on the hottest write
+    path, building and cache-keying a fresh statement per request cost more CPU than PostgreSQL's work."""
+    values = {
+        "job_id": bindparam("job_id", type_=String), "status": literal("pending", String),
+        "family_id": FabricFamily.family_id, "color_id": Color.color_id, "cuts": bindparam("cuts", type_=JSON),
+        "seed": bindparam("seed", type_=Integer), "swatch_url": bindparam("swatch_url", type_=String),
+        "swatch_key": swatch_key, "max_attempts": bindparam("max_attempts", type_=Integer),
+        "idempotency_key": bindparam("idempotency_key", type_=String),
+        "request_hash": bindparam("request_hash", type_=String),
+        "cut_progress": bindparam("cut_progress", type_=JSONB),
+    }
+    job = (
+        insert(GenerationJob)
+        .from_select(list(values), select(*values.values())
+                     .join_from(Color, FabricFamily, Color.fabric_family_id == FabricFamily.id)
+                     .where(FabricFamily.family_id == bindparam("family_id"), FabricFamily.status == "active",
+                            Color.color_id == bindparam("color_id"), Color.status == "active"))
+        .returning(*ACCEPTED_COLUMNS)
+        .cte("job")
+    )
+    # The NOTIFY rides in the SELECT that returns the row: sent once per inserted row, at its commit.
+    return select(job, func.pg_notify(NOTIFY_CHANNEL, job.c.job_id).cast(String).label("woke"))
+
+
+_JOB_WITH_CATALOG_SWATCH = _job_for_color(color_swatch_key_sql())
+_JOB_WITH_OWN_SWATCH = _job_for_color(bindparam("swatch_key", type_=String))
+_READ_JOB = select(GenerationJob.__table__).where(GenerationJob.job_id == bindparam("job_id"))
+
+
 async def create_job_for_color(
     conn: AsyncConnection,
     *,
@@ -122,43 +160,30 @@ async def create_job_for_color(
     cuts: list[str],
     seed: int,
     swatch_url: str | None,
-    swatch_key: str | ColumnElement | None,
+    swatch_key: str | None,
     max_attempts: int,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> Row | None:
     """POST /generate in one statement: insert a pending job if `color_id` is an active color of the
-    active family `family_id`, and wake the runners; the new row, or None (nothing written) when the
-    family or color is unknown or inactive.
+    active family `family_id`, and wake the runners; the new row's `ACCEPTED_COLUMNS`, or None (nothing
+    written) when the family or color is unknown or inactive.
 
-    `swatch_key` may be an expression over `colors` and `fabric_families` (the color's catalog swatch),
-    read in the same statement. A taken `idempotency_key` raises IntegrityError, as in `create_job`.
+    The job's swatch is `swatch_key` (what its `swatch_url` resolved to) or, when None, the color's
+    catalog swatch, read in the same statement. A taken `idempotency_key` raises
+    IntegrityError, as in `create_job`.
     """
-    key = swatch_key if isinstance(swatch_key, ColumnElement) else literal(swatch_key, String)
-    values = {
-        "job_id": literal(job_id, String), "status": literal("pending", String), "family_id": FabricFamily.family_id,
-        "color_id": Color.color_id, "cuts": literal(list(cuts), JSON), "seed": literal(seed),
-        "swatch_url": literal(swatch_url, String), "swatch_key": key, "max_attempts": literal(max_attempts),
-        "idempotency_key": literal(idempotency_key, String), "request_hash": literal(request_hash, String),
-        "cut_progress": literal(initial_progress(cuts, seed), JSONB),
-    }
-    job = (
-        insert(GenerationJob)
-        .from_select(list(values), select(*values.values())
-                     .join_from(Color, FabricFamily, Color.fabric_family_id == FabricFamily.id)
-                     .where(FabricFamily.family_id == family_id, FabricFamily.status == "active",
-                            Color.color_id == color_id, Color.status == "active"))
-        .returning(*GenerationJob.__table__.c)
-        .cte("job")
-    )
-    # The NOTIFY rides in the SELECT that returns the row: sent once per inserted row, at its commit.
-    created = select(job, func.pg_notify(NOTIFY_CHANNEL, job.c.job_id).cast(String).label("woke"))
-    return (await conn.execute(created)).one_or_none()
+    params = {"job_id": job_id, "family_id": family_id, "color_id": color_id, "cuts": list(cuts), "seed": seed,
+              "swatch_url": swatch_url, "max_attempts": max_attempts, "idempotency_key": idempotency_key,
+              "request_hash": request_hash, "cut_progress": initial_progress(cuts, seed)}
+    if swatch_key is None:
+        return (await conn.execute(_JOB_WITH_CATALOG_SWATCH, params)).one_or_none()
+    return (await conn.execute(_JOB_WITH_OWN_SWATCH, {**params, "swatch_key": swatch_key})).one_or_none()
 
 
 async def read_job(conn: AsyncConnection, job_id: str) -> Row | None:
     """GET /jobs/{id}: one indexed lookup."""
-    return (await conn.execute(select(GenerationJob.__table__).where(GenerationJob.job_id == job_id))).one_or_none()
+    return (await conn.execute(_READ_JOB, {"job_id": job_id})).one_or_none()
 
 
 async def read_job_by_idempotency_key(conn: AsyncConnection, key: str, ttl_seconds: float) -> Row | None:

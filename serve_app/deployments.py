@@ -18,7 +18,7 @@ from serve_app.autoscaling import RUNNER_AUTOSCALING, backlog_stats
 from serve_app.render_cache import RenderSettings
 from serve_app.runner import JobRunner, database_connections
 from serve_app.settings import Settings
-from serve_app.web import create_app
+from serve_app.web import create_app, freeze_startup_heap
 
 logger = logging.getLogger("ray.serve")
 
@@ -59,7 +59,9 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after __init__: the app is built with this replica's services."""
-        return create_app(self.services)
+        app = create_app(self.services)
+        freeze_startup_heap()
+        return app
 
 
 # A fixed count written as min = max: Serve collects `record_autoscaling_stats` only from deployments

@@ -5,6 +5,7 @@ One factory for every process that serves HTTP: an Ingress replica, or plain uvi
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -56,6 +57,16 @@ def create_app(services: Services) -> FastAPI:
         allow_headers=["*"],
     )
     return app
+
+
+def freeze_startup_heap() -> None:
+    """Put everything a serving process allocated before its first request (Ray, FastAPI, SQLAlchemy and
+    pydantic's modules, the app) out of the garbage collector's reach, as CPython's `gc.freeze` docs
+    advise. Requests allocate enough to trigger collections, and each full one walked those ~200,000
+    long-lived objects: measured under plain uvicorn, POST /generate gained about a fifth in throughput
+    and /livez's p99 fell from ~200 ms to ~50 ms once the heap was frozen."""
+    gc.collect()
+    gc.freeze()
 
 
 class RouteThreads:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
 from db import jobs
-from db.catalog import active_collection, color_swatch_key_sql
+from db.catalog import active_collection
 from db.models import GenerationJob
 from deployments import metrics
 from deployments.storage import ObjectMissing, Storage, StorageError
@@ -95,21 +95,22 @@ async def _create(services: Services, conn: AsyncConnection, body: GenerateReque
     needs the family's collection and the storage (blocking, so on a thread): one more round trip."""
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
     job_id = str(uuid.uuid4())
-    swatch_key = color_swatch_key_sql()
+    swatch_key = None  # None: the color's catalog swatch, read by the INSERT itself
     if body.swatch_url:
         collection = await _active_collection(conn, body)
         swatch_key = await run_in_threadpool(_resolve_and_own, services, body.swatch_url, collection, job_id)
     try:
         job = await jobs.create_job_for_color(
             conn, job_id=job_id, family_id=body.family_id, color_id=body.color_id, cuts=body.cuts, seed=seed,
-            swatch_url=body.swatch_url, swatch_key=swatch_key, max_attempts=services.settings.job_max_attempts,
+            swatch_url=body.swatch_url, swatch_key=swatch_key,
+            max_attempts=services.settings.job_max_attempts,
             idempotency_key=idempotency_key, request_hash=request_hash if idempotency_key else None,
         )
         if job is None:  # the family or color is unknown or inactive: say which
             await _active_collection(conn, body)
             raise HTTPException(422, f"unknown or inactive color {body.color_id} in family {body.family_id}")
     except BaseException:
-        if isinstance(swatch_key, str):  # nothing half-written stays behind
+        if swatch_key is not None:  # nothing half-written stays behind
             await run_in_threadpool(forget_swatch, services.storage, job_id, swatch_key)
         raise
     metrics.job_created()
