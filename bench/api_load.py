@@ -11,6 +11,12 @@ default proxy, the same app under plain uvicorn against the same database, and w
 Serve behind its HAProxy ingress (the service's default, `SASTRE_INGRESS_PROXY=haproxy`; the binary
 is the one `ray[serve]` installs).
 
+The API alone is measured: the Ray servers run with `runner_paused`, so the jobs the POSTs queue wait
+in the table instead of being rendered on the cores the HTTP path is measured on (the plain-uvicorn
+server has no runner at all). On the 2-core dev VM, rendering those jobs with the tiny models took
+about a core during the POST run and cut POST through Ray from ~0.75x to ~0.5x of /livez; in
+production the renders run on GPU nodes. What a job costs the runner is `make bench-drain`'s figure.
+
 Run: `make bench-api` (or `python bench/api_load.py --clients 30 --seconds 10`). Prints a table and
 one JSON line. The load generator shares the machine's cores with the server: on the 2-core dev VM
 absolute numbers are a floor, the ratios are what to compare.
@@ -89,7 +95,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="sastre-api-load-"))
     database_url = scratch_database(workdir)
     settings = {"database_url": database_url, "data_dir": str(workdir / "data"), "model_profile": "tiny-random",
-                "image_size": 64, "max_pending_jobs": 10_000_000, "runner_concurrency": 1,
+                "image_size": 64, "max_pending_jobs": 10_000_000, "runner_paused": True,
                 "rate_limit_generate": "100000000/minute"}
     results: dict[str, dict] = {}
     with serve(workdir, {**settings, "ingress_proxy": "serve"}) as launched:

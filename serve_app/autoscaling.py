@@ -43,6 +43,9 @@ RUNNER = "JobRunner"
 RUNNER_AUTOSCALING = {"min_replicas": 1, "max_replicas": 1, "look_back_period_s": 15}
 
 
+IDLE = Backlog(pending_jobs=0, pending_cuts=0, cuts_in_flight=0, oldest_pending_seconds=0.0)  # no work waits
+
+
 def backlog_stats(backlog: Backlog) -> dict[str, float]:
     """What a runner replica reports to Serve (only ints and floats are accepted)."""
     return {"pending_jobs": backlog.pending_jobs, "pending_cuts": backlog.pending_cuts,

@@ -14,7 +14,7 @@ from deployments.rendering import RenderChain
 from deployments.storage import open_storage
 from fastapi import FastAPI
 from serve_app.deps import Services, ingress_sessions
-from serve_app.autoscaling import RUNNER_AUTOSCALING, backlog_stats
+from serve_app.autoscaling import IDLE, RUNNER_AUTOSCALING, backlog_stats
 from serve_app.render_cache import RenderSettings
 from serve_app.runner import JobRunner, database_connections
 from serve_app.settings import Settings
@@ -93,18 +93,19 @@ class JobRunnerDeployment:
             concurrency=config.runner_concurrency, lease_seconds=config.lease_seconds,
             poll_seconds=config.poll_seconds, storage=open_storage(storage),
             upload_ttl_seconds=config.upload_ttl_hours * 3600, cut_attempts=config.cut_attempts,
-            cut_retry_seconds=config.cut_retry_seconds, render=RenderSettings.of(config),
+            cut_retry_seconds=config.cut_retry_seconds, render=RenderSettings.of(config), paused=config.runner_paused,
         )
         self.grace_seconds = config.shutdown_grace_seconds
         self.task = asyncio.get_running_loop().create_task(self.runner.run_forever())
 
     def status(self) -> dict:
-        return {"owner": self.runner.owner, "active_jobs": sorted(self.runner.active)}
+        return {"owner": self.runner.owner, "active_jobs": sorted(self.runner.active), "paused": self.runner.paused}
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve calls this every few seconds and hands the numbers to the backlog policy, which sizes the
-        generator from them: the backlog lives in PostgreSQL, where Serve's request counts cannot see it."""
-        return backlog_stats(await self.runner.backlog())
+        generator from them: the backlog lives in PostgreSQL, where Serve's request counts cannot see it.
+        A paused runner renders nothing, so it asks for no generators whatever waits."""
+        return backlog_stats(IDLE if self.runner.paused else await self.runner.backlog())
 
     def check_health(self) -> None:
         if self.task.done():

@@ -119,8 +119,10 @@ class JobRunner:
         cut_attempts: int = DEFAULTS["cut_attempts"].default,
         cut_retry_seconds: float = DEFAULTS["cut_retry_seconds"].default,
         render: RenderSettings | None = None,
+        paused: bool = DEFAULTS["runner_paused"].default,
     ) -> None:
         self.sessions = sessions
+        self.paused = paused
         self.database_url = libpq_url(database_url)
         self.catalog = catalog
         self.renderer = renderer
@@ -149,6 +151,10 @@ class JobRunner:
     async def run_forever(self) -> None:
         self._stopping = False
         self._wake = asyncio.Event()  # bound to this loop
+        if self.paused:  # claim nothing until stopped: the jobs wait in the table for a runner that claims
+            while not self._stopping:
+                await self._wake.wait()
+            return
         listener = asyncio.create_task(self._listen())
         heartbeat = asyncio.create_task(self._heartbeat())
         try:

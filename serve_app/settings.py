@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_seconds: float = Field(default=2.0, gt=0)
     runner_concurrency: int = Field(default=16, ge=1, description="jobs one runner works on at once")
+    runner_paused: bool = Field(default=False, description="runners claim no jobs and ask for no generators: "
+                                "POST /generate still accepts jobs, which wait (durable) for runners that are "
+                                "not paused; for maintenance, and for `make bench-api` to measure the API alone")
     cut_attempts: int = Field(default=4, ge=1, description="tries per cut before the job fails")
     cut_retry_seconds: float = Field(default=1.0, ge=0, description="first retry delay; doubles each time")
     max_pending_jobs: int = Field(default=1000, ge=1, description="backlog above which POST /generate answers 429")

@@ -252,6 +252,27 @@ def test_notify_wakes_an_idle_runner_long_before_its_poll(runner, sessions):
     assert pickup < 0.25, f"picked up after {pickup:.3f} s"
 
 
+def test_a_paused_runner_claims_nothing_and_the_job_waits_for_one_that_is_not(runner, sessions):
+    runner, _ = runner
+    runner.paused = True
+    job_id = _create(sessions, ["recto"])
+
+    async def paused_for(seconds: float) -> None:
+        loop = asyncio.create_task(runner.run_forever())
+        await asyncio.sleep(seconds)  # five poll intervals, and the NOTIFY of the job above
+        runner.stop()
+        await loop
+
+    asyncio.run(paused_for(1.0))
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+        assert (job.status, job.attempts, job.started_at) == ("pending", 0, None)
+    runner.paused = False
+    asyncio.run(_drain(runner, sessions, [job_id]))
+    with sessions() as s:
+        assert jobs.get_job(s, job_id).status == "completed"
+
+
 class Gated:
     """A renderer the test steers: render n waits until gate n opens, and its URL names n."""
 
