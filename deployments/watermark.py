@@ -6,6 +6,8 @@ tiling of the brand plus a solid corner label that survives cropping of the cent
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from PIL import Image, ImageDraw, ImageFont
 
 
@@ -23,12 +25,11 @@ def corner_label_box(size: tuple[int, int], text: str = "SASTRE") -> tuple[int, 
     return (x1 - (right - left) - 2 * pad, y1 - (bottom - top) - 2 * pad, x1, y1)
 
 
-def apply_watermark(image: Image.Image, text: str = "SASTRE", opacity: int = 72) -> Image.Image:
-    """Return a copy of `image` (RGB) with `text` tiled diagonally and stamped in the lower-right corner."""
-    base = image.convert("RGBA")
-    width, height = base.size
+@lru_cache(maxsize=8)
+def _diagonal_tiling(width: int, height: int, text: str, opacity: int) -> Image.Image:
+    """The translucent diagonal layer, the same for every image of one size: drawn once per size (drawing
+    and rotating it was ~120 ms of each 512 px image's 170 ms in the finisher). Never modified."""
     size = _tile_size(width, height)
-
     tile = Image.new("RGBA", (width * 2, height * 2), (0, 0, 0, 0))
     draw = ImageDraw.Draw(tile)
     font = ImageFont.load_default(size=size)
@@ -38,7 +39,15 @@ def apply_watermark(image: Image.Image, text: str = "SASTRE", opacity: int = 72)
             draw.text((x, y), text, font=font, fill=(255, 255, 255, opacity))
     tile = tile.rotate(30, resample=Image.BICUBIC)
     left, top = (tile.width - width) // 2, (tile.height - height) // 2
-    marked = Image.alpha_composite(base, tile.crop((left, top, left + width, top + height)))
+    return tile.crop((left, top, left + width, top + height))
+
+
+def apply_watermark(image: Image.Image, text: str = "SASTRE", opacity: int = 72) -> Image.Image:
+    """Return a copy of `image` (RGB) with `text` tiled diagonally and stamped in the lower-right corner."""
+    base = image.convert("RGBA")
+    width, height = base.size
+    size = _tile_size(width, height)
+    marked = Image.alpha_composite(base, _diagonal_tiling(width, height, text, opacity))
 
     x0, y0, x1, y1 = corner_label_box((width, height), text)
     label_font = ImageFont.load_default(size=max(8, size // 2))

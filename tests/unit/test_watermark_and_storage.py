@@ -11,7 +11,7 @@ from PIL import Image
 from deployments.finishing import Finisher
 from deployments.generation import CutImage
 from deployments.storage import LocalStorage, StorageError
-from deployments.watermark import apply_watermark, corner_label_box
+from deployments.watermark import _diagonal_tiling, apply_watermark, corner_label_box
 
 
 def test_watermark_changes_pixels_where_drawn_and_only_there():
@@ -24,6 +24,21 @@ def test_watermark_changes_pixels_where_drawn_and_only_there():
     changed = np.abs(marked - original).sum(axis=2) > 0
     assert 0.02 < changed.mean() < 0.6  # the tiled text marks part of the image, not all of it
     assert marked.shape == original.shape
+
+
+def test_the_diagonal_layer_is_drawn_once_per_size_and_marks_each_image_the_same_way():
+    first, second = Image.new("RGB", (320, 192), (90, 60, 40)), Image.new("RGB", (320, 192), (20, 120, 200))
+    _diagonal_tiling.cache_clear()
+    marks = [np.asarray(apply_watermark(image)).astype(int) - np.asarray(image).astype(int)
+             for image in (first, second, first)]
+    info = _diagonal_tiling.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    assert np.array_equal(marks[0], marks[2])  # the cached layer gives the first image its same marks
+    x0, y0, x1, y1 = corner_label_box((320, 192))
+    outside_label = np.ones((192, 320), bool)
+    outside_label[y0:y1, x0:x1] = False
+    # The same places are marked on both colors: the layer, not the image, decides where.
+    assert np.array_equal(np.abs(marks[0]).sum(axis=2)[outside_label] > 0, np.abs(marks[1]).sum(axis=2)[outside_label] > 0)
 
 
 def test_finisher_writes_a_watermarked_jpeg(tmp_path):
