@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -73,6 +74,17 @@ def decode_swatch(data: bytes | None) -> Image.Image | None:
 def swatch_digest(swatch: bytes | None) -> str:
     """Image embeddings are keyed by the swatch's content hash, so a cache hit costs a hash, not a decode."""
     return hashlib.sha256(swatch).hexdigest() if swatch else "missing"
+
+
+def use_cpu_threads(device: torch.device | str, threads: int) -> int:
+    """Run torch on `threads` threads (0: every core) when the model is on the CPU; the threads torch uses.
+
+    Ray starts a replica with fractional `num_cpus` with OMP_NUM_THREADS=1, so a CPU generator drew on
+    one core of the machine: draining 100 jobs on the 2-core VM left the other core idle. A GPU replica's
+    threads only launch kernels, so it is left as Ray set it."""
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+    return torch.get_num_threads()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from ray import serve
 from deployments import metrics
 from deployments.control_refs import ControlMaps, ControlRef, ControlRefs
 from deployments.finishing import Finisher
-from deployments.generation import Acceleration, CutGenerator, CutImage, CutRequest, SdxlTurboModel
+from deployments.generation import (Acceleration, CutGenerator, CutImage, CutRequest, SdxlTurboModel,
+                                   use_cpu_threads)
 from deployments.model_loading import load_pipeline
 from deployments.model_sources import ModelSources
 from deployments.preprocessing import ControlMapper
@@ -65,9 +66,10 @@ class ControlNetPreprocessor:
 )
 class SdxlTurboGenerator:
     def __init__(self, profile: str, storage: dict, sources: ModelSources, num_inference_steps: int, image_size: int,
-                 max_batch_size: int, batch_wait_s: float, *, stage_timeout_s: float,
+                 max_batch_size: int, batch_wait_s: float, *, stage_timeout_s: float, cpu_threads: int = 0,
                  fault_stall_file: str | None = None) -> None:
         loaded = load_pipeline(profile, sources)
+        logger.info("generator: torch on %d threads", use_cpu_threads(loaded.pipeline.device, cpu_threads))
         acceleration = Acceleration.for_device(loaded.pipeline.device, max_batch_size)
         self.model = SdxlTurboModel(loaded, num_inference_steps, acceleration=acceleration)
         # Capture every batch size's CUDA graph before the replica takes traffic: Serve routes to a

@@ -29,7 +29,7 @@ def build_app(args: dict | None = None) -> Application:
     generator = SdxlTurboGenerator.bind(
         settings.model_profile, storage, settings.model_sources(), settings.num_inference_steps, settings.image_size,
         settings.max_batch_size, settings.batch_wait_seconds, stage_timeout_s=timeout,
-        fault_stall_file=settings.fault_stall_file,
+        cpu_threads=settings.generator_cpu_threads, fault_stall_file=settings.fault_stall_file,
     )
     finisher = ImageFinisher.bind(storage, settings.watermark_text, stage_timeout_s=timeout)
     runner = JobRunnerDeployment.bind(resolved, database_url, storage, preprocessor, generator, finisher)

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
                                 "jobs; a GPU replica captures a CUDA graph for 1, 2, 4, ... up to it")
     batch_wait_seconds: float = Field(default=0.01, ge=0, le=1, description="how long a generator batch waits for "
                                       "more cuts before it runs")
+    generator_cpu_threads: int = Field(default=0, ge=0, description="torch threads of a generator replica that runs "
+                                       "on the CPU; 0: every core of its machine")
     control_detector: Literal["canny"] = "canny"
     watermark_text: str = "SASTRE"
     render_cache: bool = Field(default=True, description="serve a cut whose every input matches a completed one "

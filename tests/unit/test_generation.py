@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from catalog.data import load_catalog
 from catalog.prompts import build_prompt
 from catalog.swatches import render_swatch
 from deployments.denoising import TurboDenoiser
-from deployments.generation import Acceleration, CutRequest, SdxlTurboModel, decode_swatch
+from deployments.generation import Acceleration, CutRequest, SdxlTurboModel, decode_swatch, use_cpu_threads
 from deployments.graphs import BucketedRunner
 from deployments.model_loading import load_pipeline
 from deployments.preprocessing import ControlMapper
@@ -296,3 +297,14 @@ def test_the_control_map_cache_evicts_the_least_recently_used_map():
     mapper.control_map(template, "recto", "canny", 128)
     info = mapper.maps.cache_info()
     assert (info.hits, info.misses, info.currsize) == (2, 4, 2)
+
+
+def test_a_cpu_generator_uses_every_core_though_ray_gave_its_replica_one_thread():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 gives a replica with fractional num_cpus
+        assert use_cpu_threads("cpu", 0) == torch.get_num_threads() == os.cpu_count()
+        assert use_cpu_threads("cpu", 1) == 1  # an explicit count is kept
+        assert use_cpu_threads("cuda", 0) == 1  # on a GPU the launch thread is left as Ray set it
+    finally:
+        torch.set_num_threads(before)
