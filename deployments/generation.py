@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -77,14 +78,22 @@ def swatch_digest(swatch: bytes | None) -> str:
 
 
 def use_cpu_threads(device: torch.device | str, threads: int) -> int:
-    """Run torch on `threads` threads (0: every core) when the model is on the CPU; the threads torch uses.
+    """On the CPU, run this thread's torch work on `threads` threads (0: every core); the count it uses.
 
-    Ray starts a replica with fractional `num_cpus` with OMP_NUM_THREADS=1, so a CPU generator drew on
-    one core of the machine: draining 100 jobs on the 2-core VM left the other core idle. A GPU replica's
-    threads only launch kernels, so it is left as Ray set it."""
+    A GPU's threads only launch kernels, so there the count is left as it was."""
     if torch.device(device).type == "cpu":
         torch.set_num_threads(threads or os.cpu_count() or 1)
     return torch.get_num_threads()
+
+
+def model_thread(device: torch.device | str, threads: int) -> ThreadPoolExecutor:
+    """The one thread a replica runs its model calls on, its torch thread count set on that thread.
+
+    Ray starts a replica with fractional `num_cpus` under OMP_NUM_THREADS=1, and OpenMP keeps that
+    count per thread: `torch.set_num_threads` on the replica's main thread left the worker threads
+    the model ran on with one core each (a convolution on the 2-core VM: 5.4 s against 3.0 s), and
+    draining a backlog left a core idle. One thread is no loss: the model runs one batch at a time."""
+    return ThreadPoolExecutor(1, thread_name_prefix="model", initializer=use_cpu_threads, initargs=(device, threads))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from ray import serve
 from deployments import metrics
 from deployments.control_refs import ControlMaps, ControlRef, ControlRefs
 from deployments.finishing import Finisher
-from deployments.generation import (Acceleration, CutGenerator, CutImage, CutRequest, SdxlTurboModel,
+from deployments.generation import (Acceleration, CutGenerator, CutImage, CutRequest, SdxlTurboModel, model_thread,
                                    use_cpu_threads)
 from deployments.model_loading import load_pipeline
 from deployments.model_sources import ModelSources
@@ -69,7 +69,8 @@ class SdxlTurboGenerator:
                  max_batch_size: int, batch_wait_s: float, *, stage_timeout_s: float, cpu_threads: int = 0,
                  fault_stall_file: str | None = None) -> None:
         loaded = load_pipeline(profile, sources)
-        logger.info("generator: torch on %d threads", use_cpu_threads(loaded.pipeline.device, cpu_threads))
+        use_cpu_threads(loaded.pipeline.device, cpu_threads)  # for the warm-up, on this thread
+        self._model_thread = model_thread(loaded.pipeline.device, cpu_threads)  # for every model call after it
         acceleration = Acceleration.for_device(loaded.pipeline.device, max_batch_size)
         self.model = SdxlTurboModel(loaded, num_inference_steps, acceleration=acceleration)
         # Capture every batch size's CUDA graph before the replica takes traffic: Serve routes to a
@@ -93,7 +94,8 @@ class SdxlTurboGenerator:
     @serve.batch(max_concurrent_batches=2)
     async def generate_batch(self, requests: list[CutRequest]) -> list[CutImage]:
         metrics.batch_formed(len(requests))
-        images = await asyncio.to_thread(self.model_calls.run, self._generate, requests)
+        images = await asyncio.get_running_loop().run_in_executor(self._model_thread, self.model_calls.run,
+                                                                  self._generate, requests)
         metrics.ip_adapter_fell_back(sum(image.ip_adapter_fallback for image in images))
         return images
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from catalog.data import load_catalog
 from catalog.prompts import build_prompt
 from catalog.swatches import render_swatch
 from deployments.denoising import TurboDenoiser
-from deployments.generation import Acceleration, CutRequest, SdxlTurboModel, decode_swatch, use_cpu_threads
+from deployments.generation import Acceleration, CutRequest, SdxlTurboModel, decode_swatch
 from deployments.graphs import BucketedRunner
 from deployments.model_loading import load_pipeline
 from deployments.preprocessing import ControlMapper
@@ -299,12 +302,29 @@ def test_the_control_map_cache_evicts_the_least_recently_used_map():
     assert (info.hits, info.misses, info.currsize) == (2, 4, 2)
 
 
-def test_a_cpu_generator_uses_every_core_though_ray_gave_its_replica_one_thread():
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 gives a replica with fractional num_cpus
-        assert use_cpu_threads("cpu", 0) == torch.get_num_threads() == os.cpu_count()
-        assert use_cpu_threads("cpu", 1) == 1  # an explicit count is kept
-        assert use_cpu_threads("cuda", 0) == 1  # on a GPU the launch thread is left as Ray set it
-    finally:
-        torch.set_num_threads(before)
+PER_THREAD_OPENMP = """
+import ctypes, os, threading
+import torch
+from deployments.generation import model_thread
+
+# OpenMP's thread count for the calling thread, which oneDNN's convolutions use (torch's libgomp, by soname).
+openmp_threads = ctypes.CDLL("libgomp.so.1").omp_get_max_threads
+torch.set_num_threads(os.cpu_count())  # on the main thread only
+plain = []
+worker = threading.Thread(target=lambda: plain.append(openmp_threads()))
+worker.start(); worker.join()
+print(plain[0], model_thread("cpu", 0).submit(openmp_threads).result(),
+      model_thread("cpu", 1).submit(openmp_threads).result(), model_thread("cuda", 0).submit(openmp_threads).result())
+"""
+
+
+def test_the_model_thread_of_a_cpu_replica_uses_every_core_though_ray_gave_the_replica_one():
+    # Ray starts a replica with fractional num_cpus under OMP_NUM_THREADS=1.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", PER_THREAD_OPENMP], env=env, capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[2]).stdout.split()
+    plain, model_all, model_one, model_gpu = map(int, out)
+    assert plain == 1  # the trap: another thread keeps Ray's one thread whatever the main thread set
+    assert model_all == os.cpu_count()
+    assert model_one == 1  # an explicit count is kept
+    assert model_gpu == 1  # a GPU replica's launch thread is left as Ray set it
