@@ -17,7 +17,7 @@ tags are few and bounded (outcome, stage, cache, reason, route); never a job id.
 | sastre_backlog_pending_cuts              | gauge     |         | unfinished cuts of those jobs                  |
 | sastre_backlog_cuts_in_flight            | gauge     |         | unfinished cuts of `processing` jobs           |
 | sastre_backlog_oldest_pending_seconds    | gauge     |         | age of the oldest pending job (0 when none)    |
-| sastre_generator_batch_size              | histogram |         | cuts per generator model call (@serve.batch)   |
+| sastre_generator_batch_size              | histogram |         | cuts per generator model call (batching.py)    |
 | sastre_ip_adapter_fallbacks_total        | counter   |         | cuts generated at IP-Adapter scale 0           |
 | sastre_cache_hits_total / _misses_total  | counter   | cache   | in-memory caches and the render cache (CACHES) |
 | sastre_rate_limited_total                | counter   | route   | 429s of the per-client rate limits             |

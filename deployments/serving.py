@@ -16,6 +16,7 @@ import numpy as np
 from ray import serve
 
 from deployments import metrics
+from deployments.batching import Batches
 from deployments.control_refs import ControlMaps, ControlRef, ControlRefs
 from deployments.finishing import Finisher
 from deployments.generation import (Acceleration, CutGenerator, CutImage, CutRequest, SdxlTurboModel, model_thread,
@@ -78,10 +79,8 @@ class SdxlTurboGenerator:
         self.model.warm_up(image_size, image_size, progress=logger.info)
         self.generator = CutGenerator(self.model, open_storage(storage))
         self.control_maps = ControlMaps()
-        # The batch's bounds are settings (`max_batch_size`, `batch_wait_seconds`), so they are set here
-        # rather than in the decorator; the largest batch is also the largest captured graph, above.
-        self.generate_batch.set_max_batch_size(max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(batch_wait_s)
+        # Cuts of all jobs batched together; the largest batch is also the largest captured graph, above.
+        self.batches: Batches[CutRequest, CutImage] = Batches(self._generate_batch, max_batch_size, batch_wait_s)
         self.stage_timeout_s = stage_timeout_s
         self.model_calls = CallsInFlight("model")
         # Swatch reads get threads of their own: a storage endpoint that stops answering ties up
@@ -90,11 +89,9 @@ class SdxlTurboGenerator:
         self.fault_stall_file = fault_stall_file
 
     # Each request reads its own swatch and resolves its control map before it joins a batch (concurrently,
-    # so a storage error fails that cut alone). One batch in flight: the next forms from every cut that
-    # arrived meanwhile. With two, the second formed at once from the few cuts there were and then waited
-    # for the model anyway, so every other batch was small (draining 100 jobs: 0.65x -> 0.71x in-process).
-    @serve.batch(max_concurrent_batches=1)
-    async def generate_batch(self, requests: list[CutRequest]) -> list[CutImage]:
+    # so a storage error fails that cut alone). One batch runs at a time, and the next forms from every
+    # cut that arrived meanwhile (`deployments/batching.py` says why this is not `@serve.batch`).
+    async def _generate_batch(self, requests: list[CutRequest]) -> list[CutImage]:
         metrics.batch_formed(len(requests))
         images = await asyncio.get_running_loop().run_in_executor(self._model_thread, self.model_calls.run,
                                                                   self._generate, requests)
@@ -119,7 +116,7 @@ class SdxlTurboGenerator:
         loop = asyncio.get_running_loop()
         request = await loop.run_in_executor(self._reads, self.generator.request, prompt, control_image, swatch_key,
                                              seed, swatch_version)
-        return await self.generate_batch(request)
+        return await self.batches(request)
 
     def describe(self) -> dict:
         return self.model.describe()
