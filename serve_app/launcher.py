@@ -96,10 +96,13 @@ def serve(workdir: Path, args: dict, import_path: str = "serve_app.app:build_app
     path = workdir / f"config-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     metrics_port = free_port()
-    # HAProxy's stats and metrics ports are fixed by default: two runs in one namespace (a test module's
-    # own service beside the session's) would collide, so each run gets free ones.
+    # Behind HAProxy, Ray 2.60's ports are fixed by default: its stats and metrics frontends, and the Serve
+    # proxy HAProxy forwards to (8500), which binds with SO_REUSEPORT. Two runs in one namespace (a test
+    # module's own service beside the session's) then shared that port, and the kernel handed the second
+    # run's requests to the first run's application. So each run gets free ones.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "SASTRE_METRICS_EXPORT_PORT": str(metrics_port),
            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()), "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
            **{f"SASTRE_{k.upper()}": str(v) for k, v in args.items()}}
     log_path = workdir / f"serve-{port}.log"
     log = log_path.open("wb")
