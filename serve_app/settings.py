@@ -105,11 +105,11 @@ class Settings(BaseSettings):
     ingress_threads: int = Field(default=16, ge=1, le=256, description="threads an ingress replica runs route code "
                                  "on; its database pool holds exactly as many connections")
     ingress_proxy: Literal["haproxy", "serve"] = Field(
-        default="serve", description="what takes HTTP in front of the ingress replicas in a local run: Serve's "
-        "default proxy, or the HAProxy that ray[serve] installs (about twice the requests per core, but see "
-        "docs/OPERATIONS.md: a burst on an overloaded host failed behind it). HAProxy's stats and metrics "
-        "frontends listen on every interface, so a local run uses it only inside its loopback-only network "
-        "namespace. A cluster sets RAY_SERVE_ENABLE_HA_PROXY on its nodes instead")
+        default="haproxy", description="what takes HTTP in front of the ingress replicas in a local run: the "
+        "HAProxy that ray[serve] installs (2.5-3.5x the requests per core of Serve's proxy on the dev VM), or "
+        "Serve's default proxy. HAProxy's stats and metrics frontends listen on every interface, so a local run "
+        "uses it only inside its loopback-only network namespace (else Serve's proxy, with a warning). A "
+        "cluster sets RAY_SERVE_ENABLE_HA_PROXY on its nodes instead")
     ingress_connections: int = Field(default=16, ge=1, le=256, description="connections of an ingress replica's "
                                      "asyncio pool, which the hot routes (POST /generate, GET /jobs/{id}) await on "
                                      "the event loop; each holds one only for its round trip")

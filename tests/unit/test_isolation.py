@@ -58,7 +58,7 @@ def test_host_port_reaches_the_unix_socket(tmp_path):
 
 def test_a_local_run_puts_haproxy_in_front_only_where_its_ports_stay_on_loopback(tmp_path):
     """HAProxy's stats and metrics frontends bind every interface (Ray 2.60), so: HAProxy inside a
-    loopback-only namespace, Serve's proxy outside one, and Serve's proxy unless the setting asks for HAProxy."""
+    loopback-only namespace, Serve's proxy outside one, and Serve's proxy whenever the setting asks for it."""
     import subprocess
     import sys
 
@@ -68,7 +68,7 @@ def test_a_local_run_puts_haproxy_in_front_only_where_its_ports_stay_on_loopback
 
     assert use_haproxy(Settings(data_dir=tmp_path, ingress_proxy="haproxy")) == only_loopback()
     assert use_haproxy(Settings(data_dir=tmp_path, ingress_proxy="serve")) is False
-    assert use_haproxy(Settings(data_dir=tmp_path)) is False  # Serve's proxy is the default
+    assert use_haproxy(Settings(data_dir=tmp_path)) == only_loopback()  # HAProxy is the default
     if can_isolate():  # outside a namespace (a plain pytest run): ask the same question inside a fresh one
         probe = "from serve_app.cli import use_haproxy; from serve_app.settings import Settings; " \
                 f"print(use_haproxy(Settings(data_dir={str(tmp_path)!r}, ingress_proxy='haproxy')))"
