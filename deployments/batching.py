@@ -47,13 +47,18 @@ class Batches(Generic[T, R]):
         return await future
 
     async def _run_forever(self) -> None:
+        busy = False  # a batch has just run
         while True:
-            await self._arrived.wait()
-            if self._live() < self.max_batch_size and self.wait_s > 0:
-                await asyncio.sleep(self.wait_s)  # an idle model: let the requests sent with this one join
-            batch = self._take()
             if not self._waiting:
                 self._arrived.clear()
+                await self._arrived.wait()
+                busy = False
+            # An idle model waits briefly for the requests sent with this one; after a batch, what waited
+            # meanwhile goes at once: those requests have waited long enough.
+            if not busy and self._live() < self.max_batch_size and self.wait_s > 0:
+                await asyncio.sleep(self.wait_s)
+            batch = self._take()
+            busy = bool(batch)
             if batch:
                 await self._run(batch)
 

@@ -80,6 +80,24 @@ def test_an_idle_model_waits_wait_s_for_requests_sent_together():
     assert results == ["A", "B"] and batches == [["a", "b"]]
 
 
+def test_requests_that_waited_for_a_busy_model_do_not_wait_again():
+    async def scenario():
+        model = Model()
+        batches = Batches(model, max_batch_size=8, wait_s=5.0)  # a pause this long would miss the 1 s bound
+        busy = asyncio.create_task(batches("busy"))  # an idle model: this one does wait wait_s, held after
+        await asyncio.wait_for(model.running.wait(), 10)
+        queued = asyncio.create_task(batches("queued"))
+        await asyncio.sleep(0.01)
+        model.hold = False
+        model.release.set()
+        released = asyncio.get_running_loop().time()
+        await asyncio.wait_for(asyncio.gather(busy, queued), 1.0)
+        return model.batches, asyncio.get_running_loop().time() - released
+
+    batches, after_release = asyncio.run(scenario())
+    assert batches == [["busy"], ["queued"]] and after_release < 1.0
+
+
 def test_a_failing_batch_fails_its_own_callers_and_the_next_batch_still_runs():
     async def scenario():
         model = Model()
