@@ -12,9 +12,10 @@ const STATUSES = ["pending", "processing", "completed", "failed", "canceled"];
 const IMAGE_TYPES = new Set(["image/jpeg", "image/png", "image/webp"]);
 const MAX_UPLOAD_BYTES = 5 * 1024 * 1024;
 const PAGE_SIZE = 20;
-// Fields some servers have and some do not yet: shown once a response carries them.
 let families = [];
 let historyCursor = null;
+// Counts fresh history loads: an answer to an older one (slower, or overtaken by a new search) is dropped.
+let historySearch = 0;
 
 // -- session ------------------------------------------------------------------------------------------
 const token = () => sessionStorage.getItem(TOKEN_KEY);
@@ -62,8 +63,8 @@ async function logIn(event) {
 async function start() {
   showApp(true);
   buildHistoryFilters();
-  await loadFamilies();
-  await loadHistory(true);
+  // Both at once, so the first history load is always older than any search the admin starts.
+  await Promise.all([loadFamilies(), loadHistory(true)]);
 }
 
 // -- fabrics and colors -------------------------------------------------------------------------------
@@ -314,14 +315,19 @@ function historyQuery() {
 }
 
 async function loadHistory(fresh) {
-  if (fresh) historyCursor = null;
+  if (fresh) {
+    historyCursor = null;
+    historySearch += 1;
+  }
+  const search = historySearch;
   let page;
   try {
     page = await adminApi(`/admin/generations?${historyQuery()}`);
   } catch (error) {
-    if (error.status !== 401) notice.error(`The history could not be loaded: ${error.message}`);
+    if (error.status !== 401 && search === historySearch) notice.error(`The history could not be loaded: ${error.message}`);
     return;
   }
+  if (search !== historySearch) return;
   historyCursor = page.next_cursor;
   $("history-more").hidden = !historyCursor;
   let table = $("history-list").querySelector("table");
