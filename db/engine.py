@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import URL, Engine, create_engine, text
+from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -52,20 +54,56 @@ def make_engine(url: str, pool_size: int = 5, *, max_overflow: int | None = None
     )
 
 
-def make_async_engine(url: str | URL, pool_size: int, *, pool_timeout: float,
-                      statement_timeout: float | None = None) -> AsyncEngine:
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def make_async_engine(url: str | URL, pool_size: int, *, pool_timeout: float, statement_timeout: float | None = None,
+                      ping_after_idle: float = PING_AFTER_IDLE_SECONDS) -> AsyncEngine:
     """An asyncio engine (psycopg's async driver) for the hot routes: a request awaits the database on
     the event loop instead of holding a thread for the round trip.
 
     Autocommit: each statement is its own transaction, so a one-statement route costs one round trip
-    (no BEGIN, no COMMIT) and nothing it wrote can be left uncommitted. Same guarantees otherwise as
-    `make_engine` (pre-ping, statement timeout, `pool_timeout` then `sqlalchemy.exc.TimeoutError`),
-    with no overflow: the pool is the replica's whole budget.
+    (no BEGIN, no COMMIT) and nothing it wrote can be left uncommitted. A connection is pinged only
+    after `ping_after_idle` seconds in the pool, and the pool hands out the most
+    recently used one first, so under load none is pinged and the rest can idle out. Otherwise as
+    `make_engine` (statement timeout, `pool_timeout` then `sqlalchemy.exc.TimeoutError`), with no
+    overflow: the pool is the replica's whole budget.
     """
     url = url if isinstance(url, URL) else sqlalchemy_url(url)
-    return create_async_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True, pool_size=pool_size,
-                               max_overflow=0, pool_timeout=pool_timeout, pool_recycle=1800,
-                               connect_args=_connect_args(statement_timeout))
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT", pool_size=pool_size, max_overflow=0,
+                                 pool_timeout=pool_timeout, pool_recycle=1800, pool_use_lifo=True,
+                                 connect_args=_connect_args(statement_timeout))
+    ping_after_idle_seconds(engine.sync_engine, ping_after_idle)
+    return engine
+
+
+def ping_after_idle_seconds(engine: Engine, idle_seconds: float) -> None:
+    """`pool_pre_ping` for the connections that may have gone stale: those that sat in the pool for
+    `idle_seconds` or more. One that fails its ping is replaced before the request sees it.
+
+    `pool_pre_ping` pings at every checkout: a second round trip for each one-statement request (seen
+    in libpq's trace), which a database across a network makes a second wait. A connection checked in
+    a moment ago is as alive as a ping would prove it. If the server went away since, the statement fails (a 503,
+    as any request in flight then does) and SQLAlchemy, seeing a disconnect, retires every connection
+    the pool held; a server restart takes longer than `idle_seconds`, so after one each connection is
+    pinged again.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def idle_from(dbapi_connection, record) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping_if_idle(dbapi_connection, record, proxy) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # As pool_pre_ping does: the server may have restarted, so every pooled connection is retired,
+            # and the pool checks out a new one for this request.
+            raise InvalidatePoolError(f"a connection idle for {idle_seconds} s or more was dropped") from exc
 
 
 class LoopEngines:

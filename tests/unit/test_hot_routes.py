@@ -3,20 +3,25 @@ database, and that folding the catalog check into the INSERT kept every answer i
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
+from sqlalchemy.exc import DBAPIError
 
 from catalog.data import load_catalog
 from catalog.loader import color_swatch_key, sync_catalog
 from db import jobs
 from db.catalog import color_swatch_key_sql
-from db.engine import LoopEngines
+from db.engine import LoopEngines, make_async_engine
 from db.models import Color, FabricFamily
 from deployments.storage import LocalStorage
 from serve_app.backpressure import BacklogGate
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.deps import Services, hot_engines
 from serve_app.settings import Settings
+from serve_app.web import create_app
 from tests.unit.test_api import call
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto", "cruzado"], "seed": 11}
@@ -68,6 +73,71 @@ def test_a_post_is_one_statement_and_a_poll_is_one_statement(counted, sessions):
         assert job.swatch_key == color_swatch_key(family, color) and job.swatch_key
         assert job.cut_progress == {"recto": {"status": "pending", "seed": 11},
                                     "cruzado": {"status": "pending", "seed": 12}}
+
+
+def test_back_to_back_requests_cost_one_database_round_trip_each(counted, tmp_path):
+    """Counted on the wire (libpq's protocol trace): one ReadyForQuery per round trip, pings included."""
+    services, _ = counted
+    trace = tmp_path / "pq-trace.txt"
+    engines = services.hot_engines
+
+    def tracing():
+        engine = engines._make()
+        sink = trace.open("a")
+        event.listen(engine.sync_engine, "connect",
+                     lambda dbapi_connection, record: dbapi_connection._connection.pgconn.trace(sink.fileno()))
+        return engine
+
+    services.hot_engines = LoopEngines(tracing)
+
+    def round_trips() -> int:
+        return sum("\tB\t" in line and "ReadyForQuery" in line for line in trace.read_text().splitlines())
+
+    async def go() -> list[int]:
+        transport = httpx.ASGITransport(app=create_app(services))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            job_id = (await client.post("/generate", json=NAVY)).json()["job_id"]  # connects, counts the backlog
+            costs = []
+            for method, path, body in [("GET", f"/jobs/{job_id}", None), ("POST", "/generate", NAVY),
+                                       ("GET", f"/jobs/{job_id}", None)]:
+                before = round_trips()
+                assert (await client.request(method, path, json=body)).status_code < 300
+                costs.append(round_trips() - before)
+            return costs
+
+    assert asyncio.run(go()) == [1, 1, 1]
+
+
+async def _backend_pid(engine) -> int:
+    async with engine.connect() as conn:
+        return await conn.scalar(text("SELECT pg_backend_pid()"))
+
+
+def test_a_connection_the_server_dropped_while_idle_is_replaced_before_a_request_sees_it(database_url):
+    import psycopg
+
+    async def go() -> None:
+        engine = make_async_engine(database_url, 1, pool_timeout=5, ping_after_idle=0.2)
+        try:
+            first = await _backend_pid(engine)
+            assert await _backend_pid(engine) == first  # reused at once, no ping
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+            await asyncio.sleep(0.3)
+            second = await _backend_pid(engine)  # pinged after idling: replaced, no error
+            assert second != first
+            # A connection used a moment ago is not pinged: a drop shows as that request's disconnect
+            # error, and the pool is renewed for the next one.
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (second,))
+            with pytest.raises(DBAPIError) as dropped:
+                await _backend_pid(engine)
+            assert dropped.value.connection_invalidated
+            assert await _backend_pid(engine) not in (first, second)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
 
 
 @pytest.mark.parametrize(("family_id", "color_id", "says"), [
