@@ -148,7 +148,13 @@ def _job_for_color(swatch_key: ColumnElement) -> Select:
 
 _JOB_WITH_CATALOG_SWATCH = _job_for_color(color_swatch_key_sql())
 _JOB_WITH_OWN_SWATCH = _job_for_color(bindparam("swatch_key", type_=String))
-_READ_JOB = select(GenerationJob.__table__).where(GenerationJob.job_id == bindparam("job_id"))
+# What GET /jobs/{id} shows (`job_out`), and nothing else: each column the driver describes costs CPU.
+JOB_VIEW_COLUMNS = (GenerationJob.job_id, GenerationJob.status, GenerationJob.family_id, GenerationJob.color_id,
+                    GenerationJob.cuts, GenerationJob.seed, GenerationJob.swatch_url, GenerationJob.result_urls,
+                    GenerationJob.cut_progress, GenerationJob.error_message, GenerationJob.attempts,
+                    GenerationJob.created_at, GenerationJob.updated_at, GenerationJob.started_at,
+                    GenerationJob.completed_at)
+_READ_JOB = select(*JOB_VIEW_COLUMNS).where(GenerationJob.job_id == bindparam("job_id"))
 
 
 async def create_job_for_color(

@@ -49,7 +49,7 @@ async def accept_job(services: Services, body: GenerateRequest, idempotency_key:
     if unknown:
         known = ", ".join(c.cut_id for c in services.catalog.cuts)
         raise HTTPException(422, f"unknown cut(s): {', '.join(unknown)}; known cuts: {known}")
-    request_hash = fingerprint(body)
+    request_hash = fingerprint(body) if idempotency_key else None  # only a key's replays compare bodies
     ttl_seconds = services.settings.idempotency_ttl_hours * 3600
     if idempotency_key:
         async with services.hot.connect() as conn:
@@ -70,7 +70,7 @@ async def accept_job(services: Services, body: GenerateRequest, idempotency_key:
             return _replay(job, request_hash)
 
 
-def _replay(job: Row, request_hash: str) -> Response:
+def _replay(job: Row, request_hash: str | None) -> Response:
     """The answer to a repeated Idempotency-Key: the same job, or 409 if the body differs."""
     if job.request_hash != request_hash:
         raise HTTPException(409, "this Idempotency-Key was already used with a different request body")
@@ -90,7 +90,7 @@ def _json(body: BaseModel, status_code: int = 200, headers: dict[str, str] | Non
 
 
 async def _create(services: Services, conn: AsyncConnection, body: GenerateRequest, idempotency_key: str | None,
-                  request_hash: str) -> Response:
+                  request_hash: str | None) -> Response:
     """The INSERT (with the catalog check and the runners' wake-up) in one statement. A swatch_url first
     needs the family's collection and the storage (blocking, so on a thread): one more round trip."""
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
@@ -104,7 +104,7 @@ async def _create(services: Services, conn: AsyncConnection, body: GenerateReque
             conn, job_id=job_id, family_id=body.family_id, color_id=body.color_id, cuts=body.cuts, seed=seed,
             swatch_url=body.swatch_url, swatch_key=swatch_key,
             max_attempts=services.settings.job_max_attempts,
-            idempotency_key=idempotency_key, request_hash=request_hash if idempotency_key else None,
+            idempotency_key=idempotency_key, request_hash=request_hash,
         )
         if job is None:  # the family or color is unknown or inactive: say which
             await _active_collection(conn, body)
