@@ -64,10 +64,10 @@ def make_async_engine(url: str | URL, pool_size: int, *, pool_timeout: float, st
 
     Autocommit: each statement is its own transaction, so a one-statement route costs one round trip
     (no BEGIN, no COMMIT) and nothing it wrote can be left uncommitted. A connection is pinged only
-    after `ping_after_idle` seconds in the pool, and the pool hands out the most
-    recently used one first, so under load none is pinged and the rest can idle out. Otherwise as
-    `make_engine` (statement timeout, `pool_timeout` then `sqlalchemy.exc.TimeoutError`), with no
-    overflow: the pool is the replica's whole budget.
+    after `ping_after_idle` seconds in the pool, and the pool hands out the most recently used one
+    first, so under load none is pinged and the rest can idle out. Otherwise as `make_engine`
+    (statement timeout, `pool_timeout` then `sqlalchemy.exc.TimeoutError`), with no overflow: the pool
+    is the replica's whole budget.
     """
     url = url if isinstance(url, URL) else sqlalchemy_url(url)
     engine = create_async_engine(url, isolation_level="AUTOCOMMIT", pool_size=pool_size, max_overflow=0,
@@ -83,10 +83,10 @@ def ping_after_idle_seconds(engine: Engine, idle_seconds: float) -> None:
 
     `pool_pre_ping` pings at every checkout: a second round trip for each one-statement request (seen
     in libpq's trace), which a database across a network makes a second wait. A connection checked in
-    a moment ago is as alive as a ping would prove it. If the server went away since, the statement fails (a 503,
-    as any request in flight then does) and SQLAlchemy, seeing a disconnect, retires every connection
-    the pool held; a server restart takes longer than `idle_seconds`, so after one each connection is
-    pinged again.
+    a moment ago is as alive as a ping would prove it. If the server went away since, the statement
+    fails (a 503, as any request in flight then does) and SQLAlchemy, seeing a disconnect, retires every
+    connection the pool held; a server restart takes longer than `idle_seconds`, so after one each
+    connection is pinged again.
     """
 
     @event.listens_for(engine, "checkin")

@@ -123,7 +123,10 @@ class RateLimits:
     def check(self, route: str, request: Request) -> None:
         """Count this request against the route's limits for its client; 429 once one is spent."""
         client = self.client(request)
-        refused = self.windows.hit(route, client, self.limits[route]) if self.windows else self._shared_hit(route, client)
+        if self.windows is not None:
+            refused = self.windows.hit(route, client, self.limits[route])
+        else:
+            refused = self._shared_hit(route, client)
         if refused is None:
             return
         limit, wait_seconds = refused
