@@ -17,7 +17,7 @@ ifeq ($(ISOLATE),yes)
 IN_LOOPBACK_NETNS := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 endif
 
-.PHONY: install browser run test bench bench-preview bench-api bench-drain bench-cache bench-events bench-gpu gpu-wheels stop-db clean
+.PHONY: install browser run test bench bench-preview bench-uploads bench-api bench-drain bench-cache bench-events bench-gpu gpu-wheels stop-db clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,13 +43,17 @@ browser:
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || echo "apt-get install chromium failed: the browser tests will skip"; fi; }
 
 test: install browser
-	$(IN_LOOPBACK_NETNS) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(IN_LOOPBACK_NETNS) $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 bench: install
 	$(IN_LOOPBACK_NETNS) $(PY) bench/e2e_latency.py $(BENCH_ARGS)
 
 bench-preview: install
 	$(PY) bench/preview.py $(BENCH_ARGS)
+
+# Ten concurrent 25 MP uploads: the ingress's extra RSS and GET /catalog p50, the upload path before and after.
+bench-uploads: install
+	$(PY) bench/uploads.py $(BENCH_ARGS)
 
 bench-api: install
 	$(IN_LOOPBACK_NETNS) $(PY) bench/api_load.py $(BENCH_ARGS)
@@ -60,7 +64,7 @@ bench-drain: install
 
 # A job served from the render cache beside the same job rendered.
 bench-cache: install
-	$(IN_LOOPBACK_NETNS) $(PY) bench/render_cache.py $(BENCH_ARGS)
+	$(IN_LOOPBACK_NETNS) $(PY) bench/cache_hit.py $(BENCH_ARGS)
 
 # Live progress: requests per job with server-sent events vs 2 s polling; p99 of polling with 200 streams open.
 bench-events: install

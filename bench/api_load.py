@@ -27,22 +27,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
-from datetime import date
-from pathlib import Path
 
 import aiohttp
 import httpx
 
-from figures import closed_loop
-from serve_app.launcher import ROOT, free_port, scratch_database, serve
+from figures import closed_loop, measured_on
+from harness import as_environment, run_directory, tiny_service
+from serve_app.launcher import ROOT, free_port, serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
 # Issue 15's targets, as a share of the same server's /livez: through Ray (either ingress), and plain uvicorn.
@@ -92,17 +88,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--haproxy", action="store_true", help="also measure behind Ray Serve's HAProxy ingress")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="sastre-api-load-"))
-    database_url = scratch_database(workdir)
-    settings = {"database_url": database_url, "data_dir": str(workdir / "data"), "model_profile": "tiny-random",
-                "image_size": 64, "max_pending_jobs": 10_000_000, "runner_paused": True,
-                "rate_limit_generate": "100000000/minute"}
+    workdir = run_directory("api-load")
+    settings = tiny_service(workdir, 64, max_pending_jobs=10_000_000, runner_paused=True)
     results: dict[str, dict] = {}
     with serve(workdir, {**settings, "ingress_proxy": "serve"}) as launched:
         assert not launched.processes(HAPROXY), "the default-proxy run has an HAProxy"
         results["ray"] = measure(launched.base_url, args.clients, args.seconds)
-    env = {**os.environ, **{f"SASTRE_{k.upper()}": str(v) for k, v in settings.items()}}
-    with plain_uvicorn(env) as base_url:
+    with plain_uvicorn(as_environment(settings)) as base_url:
         results["uvicorn"] = measure(base_url, args.clients, args.seconds)
     if args.haproxy:
         with serve(workdir, {**settings, "ingress_proxy": "haproxy"}) as launched:
@@ -120,7 +112,7 @@ def main() -> None:
             verdict = f"{target:.2f} {'ok' if own >= target else 'MISS'}" if target else ""
             print(f"{server:12} {route:6} {r['rps']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:7d} "
                   f"{own:12.2f} {verdict:>9} {r['rps'] / floor:12.2f}")
-    print(json.dumps({"date": date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cores",
+    print(json.dumps({**measured_on(),
                       "clients": args.clients, "seconds": args.seconds, "results": results}))
 
 

@@ -20,11 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import httpx
@@ -34,7 +30,9 @@ from catalog.data import load_catalog
 from catalog.prompts import build_prompt
 from catalog.swatches import render_swatch
 from db.models import GenerationJob
-from serve_app.launcher import scratch_database, serve
+from figures import measured_on
+from harness import run_directory, tiny_service
+from serve_app.launcher import serve
 from serve_app.settings import Settings
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino"}
@@ -66,12 +64,11 @@ def completed(engine, job_ids: list[str]) -> int:
                                                       GenerationJob.status.in_(("completed", "failed"))))
 
 
-def through_service(jobs: int, size: int, workdir: Path, database_url: str, timeout: float) -> float:
+def through_service(jobs: int, size: int, workdir: Path, timeout: float) -> float:
     """Seconds from the first of `jobs` POSTs until every one of those jobs is finished."""
-    settings = {"database_url": database_url, "data_dir": str(workdir / "data"), "model_profile": "tiny-random",
-                "image_size": size, "poll_seconds": 0.5, "rate_limit_generate": "1000000/minute"}
+    settings = tiny_service(workdir, size, poll_seconds=0.5)
     cuts = [c.cut_id for c in load_catalog().cuts]
-    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = create_engine(settings["database_url"].replace("postgresql://", "postgresql+psycopg://", 1))
     with serve(workdir, settings) as launched, httpx.Client(base_url=launched.base_url, timeout=60) as client:
         def post(cut: str, seed: int) -> str:
             response = client.post("/generate", json={**NAVY, "cuts": [cut], "seed": seed})
@@ -106,17 +103,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the service to drain")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="sastre-drain-"))
-    database_url = scratch_database(workdir)
+    workdir = run_directory("drain")
     batch_size = Settings.model_fields["max_batch_size"].default
 
     local = in_process(args.jobs, args.size, batch_size)
-    service = through_service(args.jobs, args.size, workdir, database_url, args.timeout)
+    service = through_service(args.jobs, args.size, workdir, args.timeout)
     ours, base = args.jobs / service, args.jobs / local
     print(f"{'figure':34} {'service':>9} {'in-process':>11} {'ratio':>7}")
     print(f"{'cuts/s draining ' + str(args.jobs) + ' one-cut jobs':34} {ours:9.2f} {base:11.2f} {ours / base:7.2f}")
     print(json.dumps({
-        "date": date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cores", "size": args.size,
+        **measured_on(), "size": args.size,
         "jobs": args.jobs, "batch_size": batch_size, "service_s": round(service, 2), "in_process_s": round(local, 2),
         "service_cuts_per_s": round(ours, 2), "in_process_cuts_per_s": round(base, 2), "ratio": round(ours / base, 2),
     }))

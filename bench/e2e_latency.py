@@ -15,22 +15,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import date
-from pathlib import Path
 
 import httpx
 
-from figures import percentile
-from serve_app.launcher import scratch_database, serve
+from figures import measured_on, percentile
+from harness import job_seconds, run_directory, tiny_service
+from serve_app.launcher import serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino"}
-
-
 
 
 def in_process_two_cuts(size: int, repeats: int) -> list[float]:
@@ -38,7 +33,7 @@ def in_process_two_cuts(size: int, repeats: int) -> list[float]:
     from catalog.data import load_catalog
     from catalog.prompts import build_prompt
     from catalog.swatches import render_swatch
-    from deployments.finishing import Finisher
+    from deployments.finishing import JpegFinisher
     from deployments.generation import CutGenerator, SdxlTurboModel
     from deployments.preprocessing import ControlMapper
     from deployments.rendering import CutTask, RenderChain
@@ -48,7 +43,7 @@ def in_process_two_cuts(size: int, repeats: int) -> list[float]:
     storage = LocalStorage(tempfile.mkdtemp(), "http://127.0.0.1/media")
     storage.put("swatches/095T-0121.png", render_swatch("#1F2A44", "095T-0121"), "image/png")
     model = SdxlTurboModel.from_profile("tiny-random", device="cpu")
-    chain = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage), "canny", size,
+    chain = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), JpegFinisher(storage), "canny", size,
                                    stage_timeout_s=300)
 
     async def job(run: int) -> None:
@@ -68,15 +63,9 @@ def in_process_two_cuts(size: int, repeats: int) -> list[float]:
 
 
 def job_latencies(client: httpx.Client, jobs: int) -> list[float]:
-    times = []
-    for seed in range(jobs + 1):
-        started = time.perf_counter()
-        job_id = client.post("/generate", json={**NAVY, "cuts": ["recto", "cruzado"], "seed": seed}).json()["job_id"]
-        while client.get(f"/jobs/{job_id}").json()["status"] not in ("completed", "failed"):
-            time.sleep(0.01)
-        if seed:  # skip the warm-up job
-            times.append(time.perf_counter() - started)
-    return times
+    times = [job_seconds(client, {**NAVY, "cuts": ["recto", "cruzado"], "seed": seed}, 0.01)[0]
+             for seed in range(jobs + 1)]
+    return times[1:]  # the first job warms the replicas
 
 
 def request_latencies(client: httpx.Client, method: str, path: str, n: int, body: dict | None = None) -> list[float]:
@@ -95,10 +84,8 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=50)
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="sastre-bench-"))
-    database_url = scratch_database(workdir)
-    settings = {"database_url": database_url, "data_dir": str(workdir / "data"), "model_profile": "tiny-random",
-                "image_size": args.size, "poll_seconds": 0.5, "rate_limit_generate": "1000000/minute"}
+    workdir = run_directory("bench")
+    settings = tiny_service(workdir, args.size, poll_seconds=0.5)
 
     baseline_job = in_process_two_cuts(args.size, args.jobs)
     with serve(workdir, settings, import_path="bench.trivial_app:app", ready_path="/livez") as trivial:
@@ -121,7 +108,7 @@ def main() -> None:
     for name, ours, base, what in rows:
         print(f"{name:38} {ours:10.1f} {base:10.1f} {ours / base:7.2f}  {what}")
     print(json.dumps({
-        "date": date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cores", "size": args.size,
+        **measured_on(), "size": args.size,
         "jobs": args.jobs, "posts": args.posts,
         "figures": {name: {"ours": round(ours, 2), "baseline": round(base, 2), "ratio": round(ours / base, 2)}
                     for name, ours, base, _ in rows},

@@ -1,11 +1,15 @@
-"""The numbers every benchmark here reports, computed one way, and the closed-loop load that the API
-benchmarks drive (scripts run as `python bench/x.py`, so they import this as `figures`)."""
+"""The numbers every benchmark here reports, computed one way, where and when they were measured, and
+the closed-loop load that the API benchmarks drive (scripts run as `python bench/x.py`, so they import
+this as `figures`)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import platform
 import time
 from collections.abc import Awaitable, Callable
+from datetime import date
 
 import aiohttp
 
@@ -17,6 +21,11 @@ def percentile(values: list[float], q: float) -> float:
     """The nearest-rank `q` quantile of `values` (q in [0, 1])."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measured_on() -> dict[str, str]:
+    """The date and the machine: the first fields of every benchmark's JSON line."""
+    return {"date": date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cores"}
 
 
 def load_summary(latencies: list[float], errors: int, elapsed: float) -> dict:

@@ -58,7 +58,7 @@ PSNR_MINIMUM_DB = 30.0  # ... but never below this: under 30 dB a person sees th
 MIN_STD_LEVELS = 3.0  # an image flatter than this (all black, all NaN-turned-0) is broken, not "identical"
 COMPONENTS = ("unet", "controlnet", "vae", "text_encoder", "text_encoder_2", "image_encoder")
 GRAPH_FREE = "ours without CUDA graphs"
-NCHW = "ours without channels_last"
+NHWC = "ours with channels_last"
 
 
 class Progress:
@@ -235,12 +235,11 @@ def weights_differ(a, b) -> list[str]:
     return differing
 
 
-def contiguous_copy(loaded: LoadedPipeline) -> LoadedPipeline:
-    """The same weights in the default NCHW layout, in modules of their own (graphs pin their weights'
-    memory, so the channels_last modules the other variants captured must not be converted in place)."""
+def separate_copy(loaded: LoadedPipeline) -> LoadedPipeline:
+    """The same weights in modules of their own, for the channels_last variant: graphs pin their weights'
+    memory, so the modules the other variants captured must not be converted in place."""
     pipeline = loaded.pipeline
-    copies = {name: copy.deepcopy(getattr(pipeline, name)).to(memory_format=torch.contiguous_format)
-              for name in ("unet", "controlnet", "vae")}
+    copies = {name: copy.deepcopy(getattr(pipeline, name)) for name in ("unet", "controlnet", "vae")}
     clone = type(pipeline)(**{**pipeline.components, **copies})
     clone.set_progress_bar_config(disable=True)
     return LoadedPipeline(clone, loaded.requested_profile, loaded.profile)
@@ -336,18 +335,18 @@ def measure(args: argparse.Namespace, results: dict, progress: Progress) -> None
     start = time.perf_counter()
     acceleration = Acceleration.for_device(device)
     if args.simulate_graphs:
-        acceleration = replace(acceleration, cuda_graphs=True, channels_last=True)
+        acceleration = replace(acceleration, cuda_graphs=True)
     ours = generator(ours_loaded, acceleration, args.simulate_graphs)
     ours.warm_up(args.size, args.size, progress=lambda line: progress(f"ours {line}"))
     results["ours_startup_s"] = round(time.perf_counter() - start, 2)
     results["cuda_graphs"] = ours.describe()["cuda_graphs"]
     variants = {"ours": ours}
     if ours.graphs is not None:
-        # The same model without graphs shows what the graphs buy; without channels_last, what NHWC does.
+        # The same model without graphs shows what the graphs buy; with channels_last, what NHWC would.
         variants[GRAPH_FREE] = SdxlTurboModel(ours_loaded, acceleration=replace(acceleration, cuda_graphs=False))
-        nchw = generator(contiguous_copy(ours_loaded), replace(acceleration, channels_last=False), args.simulate_graphs)
-        nchw.warm_up(args.size, args.size, progress=lambda line: progress(f"{NCHW} {line}"))
-        variants[NCHW] = nchw
+        nhwc = generator(separate_copy(ours_loaded), replace(acceleration, channels_last=True), args.simulate_graphs)
+        nhwc.warm_up(args.size, args.size, progress=lambda line: progress(f"{NHWC} {line}"))
+        variants[NHWC] = nhwc
         results["notes"] = ["cuDNN autotuning (torch.backends.cudnn.benchmark) is process-wide: the plain "
                             "pipeline runs with it too, which can only make the baseline faster"]
         if device.type == "cuda":
@@ -398,25 +397,41 @@ def measure(args: argparse.Namespace, results: dict, progress: Progress) -> None
     if GRAPH_FREE in variants:
         eager = [image.pixels for image in variants[GRAPH_FREE].generate(job)]
         agreement["ours with vs without CUDA graphs, 2-cut batch"] = worst([identical(a, b) for a, b in zip(together, eager)])
-        nchw_images = [image.pixels for image in variants[NCHW].generate(job)]
-        agreement["ours with vs without channels_last, 2-cut batch"] = worst(
-            [close_to_plain(a, b, noise_floor) for a, b in zip(together, nchw_images)])
+        nhwc_images = [image.pixels for image in variants[NHWC].generate(job)]
+        agreement["ours without vs with channels_last, 2-cut batch"] = worst(
+            [close_to_plain(a, b, noise_floor) for a, b in zip(together, nhwc_images)])
     progress("agreement checked")
     results["input_reaches_the_model"] = input_reaches_the_model(ours, variants.get(GRAPH_FREE), work)
     progress("inputs inside a captured batch size checked")
-    if NCHW in variants:
+    results["stage_split_batch_8"] = stage_split(ours, work, device, n)
+    progress(f"batch 8 split, eager: {results['stage_split_batch_8']}")
+    if NHWC in variants:
         results["layout"] = layout_verdict(rows)
     if device.type == "cuda" and args.profile == "full-random":
         results["targets"] = targets(rows)
 
 
+def stage_split(model: SdxlTurboModel, work: Workload, device: torch.device, iterations: int) -> dict:
+    """Where a batch of 8 spends its time, eagerly: the whole denoiser call against its VAE decode alone.
+
+    The first H200 run missed the batch-8 throughput target (45.8 images/s where one cut takes 44 ms);
+    the VAE decode, eight 8x upsamplings to 512 px, is the suspect this figure confirms or clears.
+    """
+    requests = [work.request(k, k) for k in range(BATCH)]
+    batch = model._inputs([(request, model.swatch_embedding(request)[0]) for request in requests]).to(device)
+    whole = statistics.median(timings_ms(lambda i: model.denoiser(batch), iterations, device))
+    decode = statistics.median(timings_ms(lambda i: model.denoiser._decode(batch.noise), iterations, device))
+    return {"denoiser_ms": round(whole, 2), "vae_decode_ms": round(decode, 2),
+            "vae_share": round(decode / whole, 3), "vae_dtype": str(model.denoiser.vae.dtype).replace("torch.", "")}
+
+
 def layout_verdict(rows: dict) -> dict:
-    """channels_last or NCHW: which is faster on this GPU (group_norm makes NHWC inputs contiguous)."""
+    """NCHW (ours) or channels_last: which is faster on this GPU (group_norm makes NHWC inputs contiguous)."""
     one, rate = rows["one cut (ms)"], rows["throughput at batch 8 (images/s)"]
-    faster = "channels_last" if one["ours"] <= one[NCHW] and rate["ours"] >= rate[NCHW] else \
-        "NCHW" if one["ours"] > one[NCHW] and rate["ours"] < rate[NCHW] else "mixed"
-    return {"faster": faster, "one_cut_ms": {"channels_last": one["ours"], "NCHW": one[NCHW]},
-            "images_per_s": {"channels_last": rate["ours"], "NCHW": rate[NCHW]}}
+    faster = "NCHW" if one["ours"] <= one[NHWC] and rate["ours"] >= rate[NHWC] else \
+        "channels_last" if one["ours"] > one[NHWC] and rate["ours"] < rate[NHWC] else "mixed"
+    return {"faster": faster, "one_cut_ms": {"NCHW": one["ours"], "channels_last": one[NHWC]},
+            "images_per_s": {"NCHW": rate["ours"], "channels_last": rate[NHWC]}}
 
 
 def targets(rows: dict) -> dict:
@@ -438,7 +453,7 @@ def ratio(row: dict, name: str, throughput: bool) -> float | None:
 
 
 def report(results: dict) -> str:
-    runners = ["plain"] + [name for name in ("ours", GRAPH_FREE, NCHW)
+    runners = ["plain"] + [name for name in ("ours", GRAPH_FREE, NHWC)
                            if any(name in row for row in results["rows"].values())]
     lines = [f"{results['machine']} · {results['device']} {results['dtype']} · {results['profile']} · "
              f"{results['size']} px · 1 step · {results['date']}",
@@ -460,6 +475,8 @@ def report(results: dict) -> str:
                      f"{bar}{'' if check['renders'] else ', FLAT IMAGE'} -> {'ok' if check['ok'] else 'NOT OK'}")
     for change, check in results["input_reaches_the_model"].items():
         lines.append(f"input check, {change} changed inside a batch: {check} -> {'ok' if check['ok'] else 'NOT OK'}")
+    if "stage_split_batch_8" in results:
+        lines.append(f"batch 8, eager: {results['stage_split_batch_8']}")
     if "layout" in results:
         lines.append(f"layout: {results['layout']['faster']} is faster ({results['layout']})")
     for target, met in results["targets"].items():

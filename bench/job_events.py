@@ -20,18 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
-import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import aiohttp
 
-from figures import closed_loop
-from serve_app.launcher import scratch_database, serve
+from figures import closed_loop, measured_on
+from harness import run_directory, tiny_service
+from serve_app.generation.event_stream import EventStreamReader
+from serve_app.launcher import serve
 
 TWO_CUTS = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto", "cruzado"]}
 FINAL = ("completed", "failed", "canceled")
@@ -42,20 +40,13 @@ POLL_SECONDS = 2.0
 
 async def read_events(response: aiohttp.ClientResponse, on_event=None) -> list[dict]:
     """The `data` events of one stream until the server closes it."""
-    events, fields = [], {}
-    async for raw in response.content:
-        line = raw.decode().rstrip("\r\n")
-        if line:
-            if not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                fields[name] = value
-            continue
-        if "data" in fields:
-            event = {"id": int(fields["id"]), "data": json.loads(fields["data"])}
+    events, reader = [], EventStreamReader()
+    async for line in response.content:
+        event = reader.line(line)
+        if event is not None and "data" in event:
             events.append(event)
             if on_event:
                 on_event(event)
-        fields = {}
     return events
 
 
@@ -162,11 +153,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--image-size", type=int, default=128)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="sastre-events-bench-"))
+    workdir = run_directory("events-bench")
     stall_file = workdir / "stall-generator"
-    settings = {"database_url": scratch_database(workdir), "data_dir": str(workdir / "data"),
-                "model_profile": "tiny-random", "image_size": args.image_size, "max_pending_jobs": 100_000,
-                "rate_limit_generate": "100000000/minute", "fault_stall_file": str(stall_file)}
+    settings = tiny_service(workdir, args.image_size, max_pending_jobs=100_000, fault_stall_file=str(stall_file))
     with serve(workdir, settings) as launched:
         started = time.perf_counter()
         per_job = asyncio.run(requests_per_job(launched.base_url, args.jobs))
@@ -191,7 +180,7 @@ def main() -> None:
     print(f"p99 with {args.streams} streams ÷ p99 with none (mean of before and after): "
           f"{held['p99_ms'] / baseline:.2f}; streams still open at the end: {held['streams_open_throughout']}"
           f"/{args.streams}")
-    print(json.dumps({"date": date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cores",
+    print(json.dumps({**measured_on(),
                       "jobs": args.jobs, "image_size": args.image_size, "requests_per_job": per_job,
                       "poll_over_sse": round(poll["per_job"] / sse["per_job"], 2), "poll_latency": p99,
                       "p99_ratio": round(held["p99_ms"] / baseline, 3)}))

@@ -20,11 +20,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import statistics
 import time
-from datetime import date
 from pathlib import Path
 
 from PIL import Image
@@ -32,11 +29,7 @@ from PIL import Image
 from catalog.data import load_catalog
 from catalog.swatches import photo_swatch, render_swatch
 from deployments.preview import CutTemplate, PreviewRenderer
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+from figures import measured_on, percentile
 
 
 def swatches(woven: int, photos: int) -> list[tuple[str, bytes]]:
@@ -127,7 +120,7 @@ def main() -> None:
     for name, ours, base, what in rows:
         print(f"{name:40} {ours:9.2f} {base:9.2f} {ours / base:7.2f}  {what}")
     print(json.dumps({
-        "date": date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cores", "size": args.size,
+        **measured_on(), "size": args.size,
         "swatches": {"woven": args.woven, "photo": args.photos}, "template_prepare_ms": round(max(prepare) * ms, 1),
         "figures": {name: {"ours": round(ours, 3), "baseline": round(base, 3), "ratio": round(ours / base, 2)}
                     for name, ours, base, _ in rows},

@@ -1,4 +1,4 @@
-"""Loading the shipped catalog into the database (reading it back is `db.catalog`)."""
+"""Loading the shipped catalog into the database (reading it back is `db.fabrics`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from catalog.data import CatalogData
 from catalog.swatches import swatch_key
-from db import catalog as fabrics
+from db import fabrics
 from db.models import Color, FabricFamily
 
 

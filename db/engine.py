@@ -43,7 +43,7 @@ def make_engine(url: str, pool_size: int = 5, *, max_overflow: int | None = None
     """An engine that survives idle connections dropped by the server or a proxy (pool_pre_ping).
 
     The service's replicas size `pool_size` to the threads that use the engine, with no overflow, so
-    none waits for a connection (see `serve_app/deployments.py`). Waiting longer than `pool_timeout`
+    none waits for a connection (see `serve_app/ingress.py`). Waiting longer than `pool_timeout`
     for one raises `sqlalchemy.exc.TimeoutError`; a statement running (or waiting for a lock) longer
     than `statement_timeout` seconds is cancelled by the server (`QueryCanceled`).
     """
@@ -140,3 +140,9 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 def ping(session: Session) -> None:
     """The health probe: one round trip to the database (raises when it is away)."""
     session.execute(text("SELECT 1"))
+
+
+def ping_pool(sessions: sessionmaker[Session]) -> None:
+    """A replica's health probe: one round trip on a connection of the pool its work uses."""
+    with sessions() as session:
+        ping(session)

@@ -14,8 +14,8 @@ transactions race on one row) and sends the job id on `EVENTS_CHANNEL` in the sa
 change is announced exactly when it commits. The event streams listen there; runners never do.
 
 Every state change of a job is a function here; functions take a Session and never commit: the caller
-owns the transaction (`with maker.begin()`). The hot routes' functions (`read_job`, `create_job_for_color`
-and the idempotency look-ups) are async and take an autocommit `AsyncConnection` instead: each is one
+owns the transaction (`with maker.begin()`). The hot routes' functions (`read_job` and the idempotency
+look-ups) are async and take an autocommit `AsyncConnection` instead: each is one
 statement, so each is its own transaction, and they return plain rows (the model's attribute names, no
 ORM objects to build on the path every poll takes).
 """
@@ -23,19 +23,24 @@ ORM objects to build on the path every poll takes).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import (JSON, ColumnElement, Integer, Row, Select, String, case, func, insert, literal, or_, select, text,
-                        tuple_, update)
+from sqlalchemy import (JSON, Boolean, ColumnElement, Connection, Integer, Row, Select, String, case, func, insert,
+                        literal, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import bindparam, cast
 
-from db.catalog import color_swatch_key_sql
+from db.fabrics import color_swatch_key_sql
+from db.job_failures import INTERRUPTED, RETRYING, FailureReason
 from db.models import Color, FabricFamily, GenerationJob
 
+# A job still pending or processing: what counts against its client's cap. Written out, not bound: a
+# generic plan only uses a partial index whose predicate it can see.
+_UNFINISHED_SQL = text("generation_jobs.status IN ('pending', 'processing')")
 NOTIFY_CHANNEL = "sastre_jobs"  # a job is due: wakes the runners
 EVENTS_CHANNEL = "sastre_job_events"  # a job's visible state changed: wakes its event streams
 
@@ -80,65 +85,42 @@ def announce(session: Session, job_ids) -> None:
                         {"channel": EVENTS_CHANNEL, "job_ids": job_ids})
 
 
-def create_job(
-    session: Session,
-    *,
-    family_id: str,
-    color_id: str,
-    cuts: list[str],
-    seed: int,
-    swatch_url: str | None,
-    swatch_key: str | None,
-    max_attempts: int = 3,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
-    job_id: str | None = None,
-) -> GenerationJob:
-    """Insert a pending job and wake the runners when the transaction commits.
-
-    With an `idempotency_key` that is already taken the INSERT raises IntegrityError; the caller
-    looks the existing job up (`find_by_idempotency_key`) and compares `request_hash`.
-    """
-    job = GenerationJob(
-        job_id=job_id or str(uuid.uuid4()), status="pending", family_id=family_id, color_id=color_id, cuts=list(cuts),
-        seed=seed, swatch_url=swatch_url, swatch_key=swatch_key, max_attempts=max_attempts,
-        idempotency_key=idempotency_key, request_hash=request_hash,
-        cut_progress=initial_progress(cuts, seed),
-    )
-    session.add(job)
-    session.flush()
-    notify(session, job.job_id)
-    return job
+# What POST /generate answers with, and what planning the job's cuts takes (`serve_app/jobqueue/plans.py`): the
+# RETURNING of the job it inserts (every column would be parsed for nothing; GET /jobs/{id} reads more).
+ACCEPTED_COLUMNS = (GenerationJob.job_id, GenerationJob.status, GenerationJob.seed, GenerationJob.family_id,
+                    GenerationJob.color_id, GenerationJob.swatch_url, GenerationJob.cuts, GenerationJob.result_token,
+                    GenerationJob.swatch_digest)
 
 
-def initial_progress(cuts: list[str], seed: int) -> dict:
-    return {cut: {"status": "pending", "seed": seed + index} for index, cut in enumerate(cuts)}
+def _unfinished_count(client, cap):
+    """How many pending or processing jobs `client` has, counting no further than `cap` (an index-only
+    scan of at most `cap` entries, so the cap check stays cheap for a client that hit it)."""
+    mine = (select(literal(1)).where(GenerationJob.client == client, _UNFINISHED_SQL).limit(cap).subquery())
+    return select(func.count()).select_from(mine).scalar_subquery()
 
 
-# What POST /generate answers with: the RETURNING of the job it inserts (every column would be parsed
-# for nothing; GET /jobs/{id} reads the whole row).
-ACCEPTED_COLUMNS = (GenerationJob.job_id, GenerationJob.status, GenerationJob.seed, GenerationJob.color_id,
-                    GenerationJob.swatch_url, GenerationJob.cuts)
-
-
-def _job_for_color(swatch_key: ColumnElement) -> Select:
-    """The statement behind `create_job_for_color`, built once per swatch source: on the hottest write
-    path, building and cache-keying a fresh statement per request cost more CPU than PostgreSQL's work."""
+def _insert_job(swatch_key: ColumnElement, capped: bool) -> Select:
+    """The statement behind `create_job`, built once per swatch source and cap: on the hottest write path,
+    building and cache-keying a fresh statement per request cost more CPU than PostgreSQL's work."""
     values = {
         "job_id": bindparam("job_id", type_=String), "status": literal("pending", String),
         "family_id": FabricFamily.family_id, "color_id": Color.color_id, "cuts": bindparam("cuts", type_=JSON),
         "seed": bindparam("seed", type_=Integer), "swatch_url": bindparam("swatch_url", type_=String),
-        "swatch_key": swatch_key, "max_attempts": bindparam("max_attempts", type_=Integer),
+        "swatch_key": swatch_key, "swatch_digest": bindparam("swatch_digest", type_=String),
+        "max_attempts": bindparam("max_attempts", type_=Integer),
         "idempotency_key": bindparam("idempotency_key", type_=String),
-        "request_hash": bindparam("request_hash", type_=String),
-        "cut_progress": bindparam("cut_progress", type_=JSONB),
+        "request_hash": bindparam("request_hash", type_=String), "client": bindparam("client", type_=String),
+        "result_token": bindparam("result_token", type_=String),
     }
+    conditions = [FabricFamily.family_id == bindparam("family_id"), FabricFamily.status == "active",
+                  Color.color_id == bindparam("color_id"), Color.status == "active"]
+    if capped:  # counted after a per-client lock (migration 0010), so concurrent POSTs cannot pass the cap
+        conditions.append(func.sastre_below_client_cap(bindparam("client", type_=String),
+                                                       bindparam("client_cap", type_=Integer), type_=Boolean))
     job = (
         insert(GenerationJob)
         .from_select(list(values), select(*values.values())
-                     .join_from(Color, FabricFamily, Color.fabric_family_id == FabricFamily.id)
-                     .where(FabricFamily.family_id == bindparam("family_id"), FabricFamily.status == "active",
-                            Color.color_id == bindparam("color_id"), Color.status == "active"))
+                     .join_from(Color, FabricFamily, Color.fabric_family_id == FabricFamily.id).where(*conditions))
         .returning(*ACCEPTED_COLUMNS)
         .cte("job")
     )
@@ -146,45 +128,56 @@ def _job_for_color(swatch_key: ColumnElement) -> Select:
     return select(job, func.pg_notify(NOTIFY_CHANNEL, job.c.job_id).cast(String).label("woke"))
 
 
-_JOB_WITH_CATALOG_SWATCH = _job_for_color(color_swatch_key_sql())
-_JOB_WITH_OWN_SWATCH = _job_for_color(bindparam("swatch_key", type_=String))
+# (the job names its own swatch, the client is capped) -> the statement
+_INSERT_JOB = {(own, capped): _insert_job(bindparam("swatch_key", type_=String) if own else color_swatch_key_sql(),
+                                          capped)
+               for own in (False, True) for capped in (False, True)}
 # What GET /jobs/{id} shows (`job_out`), and nothing else: each column the driver describes costs CPU.
 JOB_VIEW_COLUMNS = (GenerationJob.job_id, GenerationJob.status, GenerationJob.family_id, GenerationJob.color_id,
                     GenerationJob.cuts, GenerationJob.seed, GenerationJob.swatch_url, GenerationJob.result_urls,
                     GenerationJob.cut_progress, GenerationJob.error_message, GenerationJob.attempts,
                     GenerationJob.created_at, GenerationJob.updated_at, GenerationJob.started_at,
-                    GenerationJob.completed_at)
+                    GenerationJob.completed_at, GenerationJob.result_token, GenerationJob.swatch_digest)
 _READ_JOB = select(*JOB_VIEW_COLUMNS).where(GenerationJob.job_id == bindparam("job_id"))
 
 
-async def create_job_for_color(
-    conn: AsyncConnection,
+def create_job(
+    conn: Connection | Session,
     *,
-    job_id: str,
     family_id: str,
     color_id: str,
     cuts: list[str],
     seed: int,
-    swatch_url: str | None,
-    swatch_key: str | None,
-    max_attempts: int,
+    swatch_url: str | None = None,
+    swatch_key: str | None = None,
+    swatch_digest: str | None = None,
+    max_attempts: int = 3,
+    client: str = "",
+    client_cap: int | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    job_id: str | None = None,
+    result_token: str | None = None,
 ) -> Row | None:
-    """POST /generate in one statement: insert a pending job if `color_id` is an active color of the
-    active family `family_id`, and wake the runners; the new row's `ACCEPTED_COLUMNS`, or None (nothing
-    written) when the family or color is unknown or inactive.
+    """The one job insert, in one statement: a pending job if `color_id` is an active color of the active
+    family `family_id` and (with a `client_cap`) `client` has fewer than `client_cap` unfinished jobs, and
+    the runners' wake-up at its commit. Returns the new row's `ACCEPTED_COLUMNS`, or None (nothing
+    written) when the family or color is unknown or inactive or the client is at its cap
+    (`unfinished_jobs` tells which). `client_cap=None` is an admin's job (prewarm): no cap.
 
-    The job's swatch is `swatch_key` (what its `swatch_url` resolved to) or, when None, the color's
-    catalog swatch, read in the same statement. A taken `idempotency_key` raises
-    IntegrityError, as in `create_job`.
+    The job's swatch is `swatch_key` (what its `swatch_url` resolved to, with its `swatch_digest`) or,
+    when None, the color's catalog swatch, read in the same statement. A taken `idempotency_key` raises
+    IntegrityError; the caller looks the existing job up and compares `request_hash`.
+
+    Synchronous, on a Session or a Connection; the hot path runs it on its asyncio connection with
+    `AsyncConnection.run_sync`, which costs no more than an `execute` there.
     """
-    params = {"job_id": job_id, "family_id": family_id, "color_id": color_id, "cuts": list(cuts), "seed": seed,
-              "swatch_url": swatch_url, "max_attempts": max_attempts, "idempotency_key": idempotency_key,
-              "request_hash": request_hash, "cut_progress": initial_progress(cuts, seed)}
-    if swatch_key is None:
-        return (await conn.execute(_JOB_WITH_CATALOG_SWATCH, params)).one_or_none()
-    return (await conn.execute(_JOB_WITH_OWN_SWATCH, {**params, "swatch_key": swatch_key})).one_or_none()
+    params = {"job_id": job_id or str(uuid.uuid4()), "family_id": family_id, "color_id": color_id, "cuts": list(cuts),
+              "seed": seed, "swatch_url": swatch_url, "swatch_key": swatch_key, "swatch_digest": swatch_digest,
+              "max_attempts": max_attempts, "idempotency_key": idempotency_key, "request_hash": request_hash,
+              "client": client, "client_cap": client_cap, "result_token": result_token or uuid.uuid4().hex}
+    statement = _INSERT_JOB[(swatch_key is not None, client_cap is not None)]
+    return conn.execute(statement, params).one_or_none()
 
 
 async def read_job(conn: AsyncConnection, job_id: str) -> Row | None:
@@ -205,6 +198,11 @@ async def read_job_by_idempotency_key(conn: AsyncConnection, key: str, ttl_secon
     return (await conn.execute(live)).one_or_none()
 
 
+async def unfinished_jobs(conn: AsyncConnection, client: str, cap: int) -> int:
+    """`client`'s pending and processing jobs, counted up to `cap`: why POST /generate's INSERT refused."""
+    return await conn.scalar(select(_unfinished_count(client, cap)))
+
+
 async def pending_at_least(conn: AsyncConnection, limit: int) -> bool:
     """`backlog_at_least` for the ingress's backlog gate."""
     return (await conn.scalar(_backlog_count(limit))) >= limit
@@ -217,6 +215,12 @@ def notify(session: Session, job_id: str) -> None:
 
 def get_job(session: Session, job_id: str) -> GenerationJob | None:
     return session.scalars(select(GenerationJob).where(GenerationJob.job_id == job_id)).one_or_none()
+
+
+def job_swatch(session: Session, job_id: str) -> Row | None:
+    """The job's swatch as its previews draw it: (`swatch_key`, `swatch_digest`), or None for an unknown job."""
+    return session.execute(select(GenerationJob.swatch_key, GenerationJob.swatch_digest)
+                           .where(GenerationJob.job_id == job_id)).one_or_none()
 
 
 def get_jobs(session: Session, job_ids) -> list[GenerationJob]:
@@ -336,24 +340,42 @@ def release_jobs(session: Session, leases: list[Lease]) -> list[str]:
 
 def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float,
                held: list[str] = ()) -> list[GenerationJob]:
-    """Claim up to `limit` due pending jobs, oldest first; concurrent claimers never get the same row.
+    """Claim up to `limit` due pending jobs, fairly across clients; concurrent claimers never get the same row.
+
+    Fair share: each client's due jobs queue oldest first, and the claim serves the clients in turns,
+    where a job's turn is its place in its client's queue plus the jobs that client already has
+    processing. A client that queued 200 jobs, 16 of them running, therefore waits behind another
+    client's first job: that one is claimed by the next claim with room, not after the 200. Equal
+    turns go oldest first. Rows without a client ('') are one client.
 
     Each claimed row gets a fresh `lease_token` (see `lease_of`). `held` names jobs the caller still has
     an attempt of (its lease lapsed, the job was re-queued, the attempt has not noticed yet): they are
     left for another runner, so one runner never holds two attempts of a job.
     """
-    due = (
-        select(GenerationJob.id)
-        .where(GenerationJob.status == "pending", GenerationJob.next_attempt_at <= func.now(),
-               GenerationJob.job_id.not_in(list(held)))
-        .order_by(GenerationJob.next_attempt_at, GenerationJob.created_at, GenerationJob.id)
+    busy = (select(GenerationJob.client, func.count().label("running"))
+            .where(GenerationJob.status == "processing").group_by(GenerationJob.client).cte("busy"))
+    place = func.row_number().over(partition_by=GenerationJob.client,
+                                   order_by=(GenerationJob.next_attempt_at, GenerationJob.created_at, GenerationJob.id))
+    due = (select(GenerationJob.id, GenerationJob.client, GenerationJob.next_attempt_at, GenerationJob.created_at,
+                  place.label("place"))
+           .where(GenerationJob.status == "pending", GenerationJob.next_attempt_at <= func.now(),
+                  GenerationJob.job_id.not_in(list(held)))
+           .cte("due"))
+    row = aliased(GenerationJob)
+    turn = due.c.place + func.coalesce(busy.c.running, 0)
+    chosen = (
+        select(row.id)
+        .join(due, due.c.id == row.id)
+        .outerjoin(busy, busy.c.client == due.c.client)
+        .where(row.status == "pending", due.c.place <= limit)  # a client's later jobs cannot be among them
+        .order_by(turn, due.c.next_attempt_at, due.c.created_at, due.c.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=row, skip_locked=True)
         .scalar_subquery()
     )
     claimed = session.scalars(
         update(GenerationJob)
-        .where(GenerationJob.id.in_(due))
+        .where(GenerationJob.id.in_(chosen))
         .values(
             status="processing",
             attempts=GenerationJob.attempts + 1,
@@ -363,6 +385,7 @@ def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float,
             started_at=func.coalesce(GenerationJob.started_at, func.now()),
             updated_at=_touched(),
             error_message=None,
+            error_detail=None,
         )
         .returning(GenerationJob)
         .execution_options(synchronize_session=False)
@@ -416,24 +439,29 @@ def complete_job(session: Session, lease: Lease, result_urls: list[str]) -> bool
         update(GenerationJob)
         .where(*_held(lease))
         .values(status="completed", result_urls=result_urls, completed_at=func.now(), updated_at=_touched(),
-                lease_owner=None, lease_token=None, lease_expires_at=None, error_message=None)
+                lease_owner=None, lease_token=None, lease_expires_at=None, error_message=None, error_detail=None)
     )
     return _announced(session, lease, result.rowcount == 1)
 
 
-def fail_job(session: Session, lease: Lease, error: str) -> bool:
+def fail_job(session: Session, lease: Lease, reason: FailureReason, detail: str) -> bool:
+    """The attempt's final failure: the client sees `reason`, admins and logs the raw `detail`."""
     result = session.execute(
         update(GenerationJob)
         .where(*_held(lease))
-        .values(status="failed", error_message=error[:2000], completed_at=func.now(), updated_at=_touched(),
-                lease_owner=None, lease_token=None, lease_expires_at=None)
+        .values(status="failed", error_message=reason.message, error_detail=detail[:2000], completed_at=func.now(),
+                updated_at=_touched(), lease_owner=None, lease_token=None, lease_expires_at=None)
     )
     return _announced(session, lease, result.rowcount == 1)
 
 
-def release_expired_leases(session: Session, backoff_seconds: float = 2.0,
+def release_expired_leases(session: Session, retry_delays: Sequence[float],
                            spare: list[Lease] = ()) -> list[tuple[str, str]]:
-    """The rescuer: jobs whose lease ran out go back to pending (exponential backoff) or fail when spent.
+    """The rescuer: jobs whose lease ran out go back to pending, due after a backoff, or fail when spent.
+
+    `retry_delays[n - 1]` is the wait, in seconds, of a job whose `n`th attempt died; its last value holds
+    for any later attempt. The caller's policy computes them (serve_app.retrying.Backoff.schedule): the
+    statement only picks one per row by its attempt count, so one statement still rescues the batch.
 
     Returns (job_id, new status) for each job it moved. `spare` names attempts the caller is still
     running (and renewing): a late renewal must not make a runner rescue itself. Any other expired
@@ -448,11 +476,12 @@ def release_expired_leases(session: Session, backoff_seconds: float = 2.0,
         .where(*expired)
         .values(
             status=case((spent, "failed"), else_="pending"),
-            error_message=case(
-                (spent, "worker lost its lease; attempts exhausted"), else_="worker lost its lease; retrying"
-            ),
+            error_message=case((spent, INTERRUPTED.message), else_=RETRYING.message),
+            error_detail=func.concat("the lease of runner ", GenerationJob.lease_owner, " expired; ",
+                                     case((spent, "attempts exhausted"), else_="retrying")),
             completed_at=case((spent, func.now()), else_=None),
-            next_attempt_at=func.now() + _seconds(backoff_seconds) * func.power(2, GenerationJob.attempts - 1),
+            next_attempt_at=func.now() + _seconds(case(dict(enumerate(retry_delays, start=1)),
+                                                       value=GenerationJob.attempts, else_=retry_delays[-1])),
             lease_owner=None,
             lease_token=None,
             lease_expires_at=None,
@@ -469,14 +498,22 @@ def retry_failed_job(session: Session, job_id: str) -> str | None:
     finished. Returns "retried", the status that forbids it, or None for an unknown job."""
     retried = session.execute(
         update(GenerationJob).where(GenerationJob.job_id == job_id, GenerationJob.status == "failed")
-        .values(status="pending", attempts=0, error_message=None, completed_at=None, cancel_requested=False,
-                next_attempt_at=func.now(), updated_at=_touched())
+        .values(status="pending", attempts=0, error_message=None, error_detail=None, completed_at=None,
+                cancel_requested=False, next_attempt_at=func.now(), updated_at=_touched())
     ).rowcount
     if retried:
         notify(session, job_id)
         announce(session, [job_id])
         return "retried"
     return session.scalar(select(GenerationJob.status).where(GenerationJob.job_id == job_id))
+
+
+def keep_job(session: Session, job_id: str, kept: bool) -> GenerationJob | None:
+    """An admin keeps a job (an order's proof: it and every object it names never age out), or lets it
+    age again, from its `completed_at` as before. None for an unknown job. Not a visible change of the
+    job for its client: `updated_at` stays."""
+    return session.scalars(update(GenerationJob).where(GenerationJob.job_id == job_id).values(kept=kept)
+                           .returning(GenerationJob).execution_options(synchronize_session=False)).one_or_none()
 
 
 def list_jobs(session: Session, *, status: str | None = None, family_id: str | None = None,

@@ -62,6 +62,16 @@ class GenerationJob(Base):
     __table_args__ = (
         Index("ix_generation_jobs_pending", "next_attempt_at", "created_at", postgresql_where=text("status = 'pending'")),
         Index("ix_generation_jobs_leases", "lease_expires_at", postgresql_where=text("status = 'processing'")),
+        # Fair share: each client's oldest due job (the claim) and its unfinished count (POST /generate's cap).
+        Index("ix_generation_jobs_pending_by_client", "client", "next_attempt_at", "created_at", "id",
+              postgresql_where=text("status = 'pending'")),
+        Index("ix_generation_jobs_unfinished_by_client", "client",
+              postgresql_where=text("status IN ('pending', 'processing')")),
+        # Ageing: finished jobs oldest first, and whether any row still names a result object.
+        Index("ix_generation_jobs_finished", "completed_at",
+              postgresql_where=text("status IN ('completed', 'failed', 'canceled') AND NOT kept")),
+        Index("ix_generation_jobs_result_keys", text("jsonb_path_query_array(cut_progress, '$.*.key')"),
+              postgresql_using="gin"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -75,7 +85,7 @@ class GenerationJob(Base):
     # The original schema's column, kept for its readers (reports, SQL, rows the original backend wrote);
     # the API builds URLs from the keys in `cut_progress` at read time, so presigned URLs are always fresh.
     result_urls: Mapped[list | None] = mapped_column(JSON)
-    error_message: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(Text)  # public: a code and a sentence (db/job_failures.py)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -83,6 +93,9 @@ class GenerationJob(Base):
 
     # Queue bookkeeping (not in the original schema).
     swatch_key: Mapped[str | None] = mapped_column(String)
+    # The SHA-256 of the swatch's bytes, worked out once: by the ingress for an uploaded swatch (as it
+    # takes the job's copy), by prewarm for the catalog swatch it queues; None leaves it to the runner.
+    swatch_digest: Mapped[str | None] = mapped_column(String)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=3, server_default="3")
     lease_owner: Mapped[str | None] = mapped_column(String)
@@ -93,6 +106,14 @@ class GenerationJob(Base):
     request_hash: Mapped[str | None] = mapped_column(String)  # fingerprint of the body sent with the key
     cut_progress: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict, server_default="{}")
     cancel_requested: Mapped[bool] = mapped_column(nullable=False, default=False, server_default="false")
+    # The random name of the job's results in storage, drawn at insert: a result key never carries the job
+    # id (a capability), and every attempt of the job writes the same keys.
+    result_token: Mapped[str] = mapped_column(String, nullable=False,
+                                              server_default=text("replace(gen_random_uuid()::text, '-', '')"))
+    error_detail: Mapped[str | None] = mapped_column(Text)  # the raw reason of a failure: logs and admins only
+    # Who queued it, as the rate limits see the caller ('' for rows written without one: one client).
+    client: Mapped[str] = mapped_column(String, nullable=False, default="", server_default="")
+    kept: Mapped[bool] = mapped_column(nullable=False, default=False, server_default="false")  # never ages out
 
 
 class AdminUser(Base):
@@ -103,6 +124,8 @@ class AdminUser(Base):
     password_hash: Mapped[str] = mapped_column(String, nullable=False)
     is_active: Mapped[bool] = mapped_column(nullable=False, default=True, server_default="true")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    # In every token as `ver`; a password change or a deactivation bumps it, so older tokens are refused.
+    token_version: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
 
 class AdminLoginFailure(Base):
@@ -111,6 +134,7 @@ class AdminLoginFailure(Base):
         Index("ix_admin_login_failures_username", "username", "failed_at"),
         Index("ix_admin_login_failures_address", "address", "failed_at"),
         Index("ix_admin_login_failures_pair", "username", "address", "failed_at"),
+        Index("ix_admin_login_failures_failed_at", "failed_at"),  # pruning
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -126,6 +150,8 @@ class RenderCacheEntry(Base):
     __table_args__ = (
         Index("ix_render_cache_color", "color_id"),
         Index("ix_render_cache_family", "family_id"),
+        Index("ix_render_cache_used_at", "used_at"),
+        Index("ix_render_cache_object_key", "object_key"),
     )
 
     key_hash: Mapped[str] = mapped_column(String, primary_key=True)
@@ -144,3 +170,5 @@ class RenderCacheEntry(Base):
     object_key: Mapped[str] = mapped_column(String, nullable=False)  # the cut that made the entry; hits point here
     job_id: Mapped[str] = mapped_column(String, nullable=False)  # that cut's job
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    # Its last hit (or creation): an entry ages from here, so what is still asked for stays.
+    used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

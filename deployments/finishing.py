@@ -8,11 +8,12 @@ import numpy as np
 from PIL import Image
 
 from deployments.generation import CutImage
+from deployments.rendering import CutResult
 from deployments.storage import Storage
 from deployments.watermark import apply_watermark
 
 
-class Finisher:
+class JpegFinisher:
     """CPU post-processing kept off the GPU replica's critical path."""
 
     def __init__(self, storage: Storage, watermark_text: str = "SASTRE", jpeg_quality: int = 90) -> None:
@@ -27,7 +28,7 @@ class Finisher:
         marked.save(buffer, format="JPEG", quality=self.jpeg_quality, optimize=True)
         return buffer.getvalue()
 
-    def finish(self, image: CutImage, key: str) -> dict:
+    def finish(self, image: CutImage, key: str) -> CutResult:
         """Store the finished JPEG under `key` (same key on retry, so re-runs overwrite) and describe it."""
         url = self.storage.put(key, self.encode(image.pixels), "image/jpeg")
-        return {"url": url, "key": key, "seed": image.seed, "ip_adapter_fallback": image.ip_adapter_fallback}
+        return CutResult(url, key, image.seed, image.ip_adapter_fallback)

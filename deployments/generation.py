@@ -1,8 +1,8 @@
 """SDXL Turbo + ControlNet + IP-Adapter generation, as a plain class usable without Ray.
 
 What repeats between requests is computed once: prompt embeddings per prompt text, IP-Adapter image
-embeddings per swatch content hash (control maps are cached upstream, per cut); a swatch whose content
-the caller can name without reading it (key and version) is not even read again once embedded. The
+embeddings per swatch digest (control maps are cached upstream, per cut); the job's plan names the
+digest, so a swatch whose embedding is cached is not even read. The
 rest runs as one batched call of `TurboDenoiser`, the pipeline's arithmetic without its per-call
 Python, under CUDA graphs on a GPU. Each cut draws its noise from its own seeded generator, so a
 cut's image does not depend on what it was batched with.
@@ -10,7 +10,6 @@ cut's image does not depend on what it was batched with.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -27,10 +26,13 @@ from PIL import Image
 
 from deployments import metrics
 from deployments.denoising import TurboBatch, TurboDenoiser
+from deployments.digests import swatch_digest
 from deployments.graphs import BucketedRunner, cuda_graph_builder
 from deployments.model_loading import LoadedPipeline, load_pipeline
 from deployments.model_sources import ModelSources
+from deployments.rendering import GenerationInput
 from deployments.storage import ObjectMissing, Storage
+from deployments.swatch_size import fit_swatch
 
 logger = logging.getLogger("sastre.generation")
 
@@ -42,8 +44,8 @@ SwatchEmbedding = tuple[torch.Tensor, bool]
 class CutRequest:
     """One image to make. `swatch` is the encoded swatch image, or None when it could not be loaded.
 
-    A reader that already hashed the swatch passes `swatch_digest`, so the model does not hash it
-    again; one that found its embedding cached passes `swatch_embedding` instead of the bytes.
+    A caller that knows the swatch's digest (the job's plan does) passes `swatch_digest`, so the model
+    does not hash it; one that found its embedding cached passes `swatch_embedding` instead of the bytes.
     """
 
     prompt: str
@@ -72,9 +74,15 @@ def decode_swatch(data: bytes | None) -> Image.Image | None:
         return None
 
 
-def swatch_digest(swatch: bytes | None) -> str:
-    """Image embeddings are keyed by the swatch's content hash, so a cache hit costs a hash, not a decode."""
-    return hashlib.sha256(swatch).hexdigest() if swatch else "missing"
+MISSING_SWATCH = "missing"  # the embedding cache's key for the blank image of a swatch that could not be read
+
+
+def embedding_key(request: CutRequest) -> str:
+    """Image embeddings are keyed by the swatch's digest (`deployments.digests`): given by the caller that
+    knows it, worked out here only for a request without one."""
+    if request.swatch is None:
+        return MISSING_SWATCH
+    return request.swatch_digest or swatch_digest(request.swatch)
 
 
 def use_cpu_threads(device: torch.device | str, threads: int) -> int:
@@ -101,15 +109,18 @@ class Acceleration:
     """How the denoiser runs on this device. The defaults follow the device: both levers need a GPU."""
 
     cuda_graphs: bool = False  # replay one captured graph per batch size instead of launching each kernel
-    channels_last: bool = False  # NHWC convolutions, the layout tensor cores want
+    # NHWC convolutions. Off everywhere: on an H200 under CUDA graphs NCHW was faster both for one cut
+    # (43.9 vs 49.1 ms) and at batch 8 (45.8 vs 36.4 images/s), docs/PERFORMANCE.md, 2026-12-04; the
+    # bench measures the other layout on every GPU run, so a card where NHWC wins will show it.
+    channels_last: bool = False
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)  # graphs captured; batches pad up to these
 
     @classmethod
     def for_device(cls, device: torch.device | str, max_batch_size: int = 8) -> Acceleration:
-        """Both levers on a GPU; graphs for 1, 2, 4, ... up to the largest batch the server forms."""
+        """Graphs on a GPU, for 1, 2, 4, ... up to the largest batch the server forms."""
         on_gpu = torch.device(device).type == "cuda"
         sizes = sorted({2**i for i in range(max_batch_size.bit_length()) if 2**i < max_batch_size} | {max_batch_size})
-        return cls(cuda_graphs=on_gpu, channels_last=on_gpu, batch_sizes=tuple(sizes))
+        return cls(cuda_graphs=on_gpu, batch_sizes=tuple(sizes))
 
 
 class SdxlTurboModel:
@@ -177,7 +188,7 @@ class SdxlTurboModel:
     def swatch_embedding(self, request: CutRequest) -> SwatchEmbedding:
         if request.swatch_embedding is not None:
             return request.swatch_embedding
-        return self.image_embeddings(request.swatch_digest or swatch_digest(request.swatch), request.swatch)
+        return self.image_embeddings(embedding_key(request), request.swatch)
 
     @torch.inference_mode()
     def _encode_swatch(self, digest: str, swatch: bytes | None) -> SwatchEmbedding:
@@ -206,7 +217,7 @@ class SdxlTurboModel:
         `progress` hears one line per size: a capture that hangs or fails is then easy to place.
         """
         control = np.zeros((height, width, 3), np.uint8)
-        embeds, _ = self.image_embeddings(swatch_digest(None), None)
+        embeds, _ = self.image_embeddings(MISSING_SWATCH, None)
         sizes = self.graphs.bucket_sizes if self.graphs else [1]
         with self._lock:
             for size in sizes:
@@ -280,52 +291,49 @@ class CutGenerator:
     in-process render chain calls `generate`.
     """
 
-    def __init__(self, model: SdxlTurboModel, storage: Storage, known_swatches: int = 1024) -> None:
+    def __init__(self, model: SdxlTurboModel, storage: Storage) -> None:
         self.model = model
         self.storage = storage
-        # (swatch key, version) -> the content hash read under it. Only swatches that were read are
-        # remembered: a missing one is looked for again next time.
-        self.swatch_digests: LRUCache = LRUCache(known_swatches)
         self._lock = threading.Lock()  # the Serve generator reads swatches on several threads
         self.reads = 0  # swatches read from storage: what the embedding cache saves shows here
 
-    def request(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int,
-                swatch_version: str | None = None) -> CutRequest:
-        """The model's request for one cut, its swatch read from storage unless its embedding is cached.
+    def request(self, cut: GenerationInput, control_image: np.ndarray) -> CutRequest:
+        """The model's request for one cut, its swatch read from storage only when its embedding is not
+        cached under the digest the job's plan gives (`GenerationInput.swatch_digest`). That digest was
+        worked out once, when the job was accepted, so it is never hashed here; a cut planned without
+        one (its swatch was unreadable then) is read, and digested by the model.
 
-        `swatch_version` says, with the key, what the stored content is without reading it (see
-        `CutTask.swatch_version`); a swatch read once under the same key and version whose embedding
-        is still cached is not read again. Without a version the swatch is read every time.
+        The request carries the swatch at most `SWATCH_MAX_SIDE` px on its long side, as uploads are
+        stored, so the model thread that decodes it never decodes a full-size photo (one stored before
+        uploads were downscaled is shrunk here, on the reader's thread).
 
         Only a missing object falls back to IP-Adapter scale 0 (an undecodable one does too, later, in
         `decode_swatch`). A store that does not answer properly raises `StorageUnavailable`: the cut
         attempt fails and is retried, so a storage hiccup never turns into a degraded image in a
         "completed" job.
         """
-        named = (swatch_key, swatch_version) if swatch_key is not None and swatch_version is not None else None
-        if named is not None:
-            with self._lock:
-                digest = self.swatch_digests.get(named)
-            embedding = self.model.cached_swatch_embedding(digest) if digest is not None else None
+        if cut.swatch_digest is not None:
+            embedding = self.model.cached_swatch_embedding(cut.swatch_digest)
             if embedding is not None:  # a hit of the embedding cache (a miss is counted where it is computed)
                 metrics.cache_looked_up("swatch_embedding", True)
-                return CutRequest(prompt, control_image, None, seed, digest, embedding)
+                return CutRequest(cut.prompt, control_image, None, cut.seed, cut.swatch_digest, embedding)
         swatch = None
-        if swatch_key is not None:
+        if cut.swatch_key is not None:
             with self._lock:
                 self.reads += 1
             try:
-                swatch = self.storage.get(swatch_key)
+                swatch = self.storage.get(cut.swatch_key)
             except ObjectMissing as exc:
-                logger.warning("swatch %s is gone, IP-Adapter falls back to scale 0: %s", swatch_key, exc)
-        digest = swatch_digest(swatch)
-        if named is not None and swatch is not None:
-            with self._lock:
-                self.swatch_digests[named] = digest
-        return CutRequest(prompt, control_image, swatch, seed, digest)
+                logger.warning("swatch %s is gone, IP-Adapter falls back to scale 0: %s", cut.swatch_key, exc)
+        if swatch is None:  # no digest either: the blank image's embedding is cached as the missing swatch's
+            return CutRequest(cut.prompt, control_image, None, cut.seed)
+        # A cut planned without a digest (its swatch was unreadable then) is digested as stored, before fitting.
+        digest = cut.swatch_digest or swatch_digest(swatch)
+        if self.model.cached_swatch_embedding(digest) is None:
+            swatch = fit_swatch(swatch)
+        return CutRequest(cut.prompt, control_image, swatch, cut.seed, digest)
 
-    def generate(self, prompt: str, control_image: np.ndarray, swatch_key: str | None, seed: int,
-                 swatch_version: str | None = None) -> CutImage:
+    def generate(self, cut: GenerationInput, control_image: np.ndarray) -> CutImage:
         """One cut, alone: the in-process chain's generate stage."""
-        [image] = self.model.generate([self.request(prompt, control_image, swatch_key, seed, swatch_version)])
+        [image] = self.model.generate([self.request(cut, control_image)])
         return image

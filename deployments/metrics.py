@@ -22,7 +22,8 @@ tags are few and bounded (outcome, stage, cache, reason, route); never a job id.
 | sastre_cache_hits_total / _misses_total  | counter   | cache   | in-memory caches and the render cache (CACHES) |
 | sastre_rate_limited_total                | counter   | route   | 429s of the per-client rate limits             |
 | sastre_refused_total                     | counter   | reason  | backpressure: backlog full (429), database     |
-|                                          |           |         | busy or unavailable (503)                      |
+|                                          |           |         | busy or unavailable, upload decodes busy (503),|
+|                                          |           |         | a stage's queue full (stage_busy, resent)      |
 
 The backlog gauges are the whole queue's, read from PostgreSQL by every runner replica: aggregate
 them with `max`, not `sum`. Outside a Ray worker (unit tests, tools) nothing is exported, so
@@ -48,8 +49,9 @@ BATCH_BOUNDARIES = [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 16.5, 32.5, 64.
 OUTCOMES = ("completed", "failed", "canceled")
 STAGES = ("preprocess", "generate", "finish")
 CACHES = ("control_map", "prompt_embedding", "swatch_embedding", "preview", "preview_tile", "preview_template",
-          "render")  # render: the render cache in PostgreSQL (serve_app/render_cache.py), counted per cut looked up
-REFUSALS = ("backlog_full", "database_busy", "database_unavailable")
+          "render")  # render: the render cache in PostgreSQL (serve_app/jobqueue/render_cache.py), counted per cut looked up
+REFUSALS = ("backlog_full", "client_cap", "database_busy", "database_unavailable", "upload_decodes_busy",
+            "stage_busy")  # stage_busy: a render stage past its max_queued_requests refused a runner's call
 
 
 class _Metric:
@@ -111,8 +113,9 @@ CACHE_HITS = _Metric("Counter", "sastre_cache_hits", "Lookups an in-memory cache
 CACHE_MISSES = _Metric("Counter", "sastre_cache_misses", "Lookups an in-memory cache had to compute.", ("cache",))
 RATE_LIMITED = _Metric("Counter", "sastre_rate_limited", "Requests refused by a per-client rate limit (429).",
                        ("route",))
-REFUSED = _Metric("Counter", "sastre_refused", "Requests refused to protect the service: backlog full (429), "
-                  "database busy or unavailable (503).", ("reason",))
+REFUSED = _Metric("Counter", "sastre_refused", "Requests refused to protect the service: backlog full or a "
+                  "client at its cap of unfinished jobs (429), database busy or unavailable, upload decodes busy "
+                  "(503); a render stage's full queue refusing a runner's call (stage_busy, resent).", ("reason",))
 
 ALL = (JOBS_CREATED, JOBS_FINISHED, JOB_LATENCY, QUEUE_WAIT, STAGE_SECONDS, *BACKLOG.values(), BATCH_SIZE,
        IP_ADAPTER_FALLBACKS, CACHE_HITS, CACHE_MISSES, RATE_LIMITED, REFUSED)

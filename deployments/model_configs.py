@@ -54,6 +54,18 @@ class ConditioningGains:
     output: float = 1.0  # UNet output convolution: how far the prediction moves the latents
 
 
+# What makes each part SDXL's whatever its widths: both profiles build their UNet and VAE with these.
+SDXL_UNET = dict(in_channels=4, out_channels=4, use_linear_projection=True, addition_embed_type="text_time")
+SDXL_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    force_upcast=False,  # as madebyollin/sdxl-vae-fp16-fix, which the pretrained profile loads
+)
+
+
 @dataclass(frozen=True)
 class ArchitectureSpec:
     """Every width that differs between the tiny and the full-size architecture."""
@@ -77,8 +89,6 @@ TINY = ArchitectureSpec(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 1),
         projection_class_embeddings_input_dim=6 * 8 + 32,
@@ -88,12 +98,8 @@ TINY = ArchitectureSpec(
     vae=dict(
         block_out_channels=(16, 16, 16, 16),
         layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
         norm_num_groups=8,
         sample_size=512,
-        force_upcast=False,
     ),
     text_encoder=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32),
     text_encoder_2=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32),
@@ -116,8 +122,6 @@ FULL = ArchitectureSpec(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(5, 10, 20),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
         addition_time_embed_dim=256,
         addition_embed_type_num_heads=64,
         transformer_layers_per_block=(1, 2, 10),
@@ -128,13 +132,9 @@ FULL = ArchitectureSpec(
     vae=dict(
         block_out_channels=(128, 256, 512, 512),
         layers_per_block=2,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
         norm_num_groups=32,
         sample_size=1024,
         scaling_factor=0.13025,
-        force_upcast=False,  # as madebyollin/sdxl-vae-fp16-fix, which the pretrained profile loads
     ),
     text_encoder=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                       projection_dim=768, hidden_act="quick_gelu"),
@@ -219,14 +219,14 @@ def build_random_components(profile: str, seed: int = 0, device: str | torch.dev
     vocab = max(len(tokenizer), 49408 if profile == "full-random" else len(tokenizer))
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(in_channels=4, out_channels=4, **spec.unet)
+        unet = UNet2DConditionModel(**SDXL_UNET, **spec.unet)
         controlnet = ControlNetModel.from_unet(
             unet, conditioning_embedding_out_channels=spec.controlnet_conditioning_channels
         )
         steer_random_model(unet, controlnet, spec.gains)
         ip_adapter = random_ip_adapter_state_dict(unet, spec.image_encoder["projection_dim"], spec.gains.swatch)
         unet, controlnet = unet.to(dtype), controlnet.to(dtype)
-        vae = AutoencoderKL(in_channels=3, out_channels=3, **spec.vae).to(dtype)
+        vae = AutoencoderKL(**SDXL_VAE, **spec.vae).to(dtype)
         text_encoder = CLIPTextModel(_text_config(spec.text_encoder, vocab)).to(dtype)
         text_encoder_2 = CLIPTextModelWithProjection(_text_config(spec.text_encoder_2, vocab)).to(dtype)
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**spec.image_encoder)).to(dtype)

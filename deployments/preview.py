@@ -27,6 +27,7 @@ from cachetools import LRUCache, cached
 from PIL import Image, ImageFilter
 
 from deployments import metrics
+from deployments.digests import swatch_digest
 
 LEGEND_KEY = "sastre-regions"  # the regions PNG's text chunk naming each label (catalog/templates.py)
 SWATCH_FORMATS = {"JPEG", "PNG", "WEBP"}
@@ -180,16 +181,17 @@ class PreviewRenderer:
         """The template prepared at `size`, cached per (cut, size, template content)."""
         return self.templates(template, size)
 
-    def render(self, swatch: bytes, template: CutTemplate, size: int = 512) -> bytes:
-        """The preview JPEG of `template`'s cut in `swatch`'s cloth, `size` x `size` pixels.
+    def render(self, swatch: bytes, template: CutTemplate, size: int = 512, digest: str | None = None) -> bytes:
+        """The preview JPEG of `template`'s cut in `swatch`'s cloth, `size` x `size` pixels. `digest` is the
+        swatch's (`deployments.digests`), when the caller knows it: the cache keys on it, hashing nothing.
 
         Raises `UnreadableSwatch` for bytes that are not a JPEG, PNG or WebP image.
         """
-        preview = self.previews(hashlib.sha256(swatch).digest(), swatch, template, size)
+        preview = self.previews(digest or swatch_digest(swatch), swatch, template, size)
         self.cache_counters.publish()
         return preview
 
-    def _render(self, digest: bytes, swatch: bytes, template: CutTemplate, size: int) -> bytes:
+    def _render(self, digest: str, swatch: bytes, template: CutTemplate, size: int) -> bytes:
         prepared = self.template(template, size)
         return compose(self.tiles(digest, swatch, prepared.tile_size), prepared)
 

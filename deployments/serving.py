@@ -18,28 +18,39 @@ from ray import serve
 from deployments import metrics
 from deployments.batching import Batches
 from deployments.control_refs import ControlMaps, ControlRef, ControlRefs
-from deployments.finishing import Finisher
+from deployments.finishing import JpegFinisher
 from deployments.generation import (Acceleration, CutGenerator, CutImage, CutRequest, SdxlTurboModel, model_thread,
                                    use_cpu_threads)
 from deployments.model_loading import load_pipeline
 from deployments.model_sources import ModelSources
 from deployments.preprocessing import ControlMapper
+from deployments.rendering import CutResult, GenerationInput
+from deployments.replica_health import HEALTH_CHECK, DependencyProbe
 from deployments.stages import CallsInFlight, bounded
 from deployments.storage import open_storage
 
 logger = logging.getLogger("ray.serve")
 
-# Serve asks every few seconds and replaces a replica after 3 failed checks in a row. A replica whose
-# blocking work has outlived its stage timeout fails the check (see deployments/stages.py).
-HEALTH_CHECK = {"health_check_period_s": 5, "health_check_timeout_s": 10}
+# A replica whose blocking work has outlived its stage timeout fails its check (deployments/stages.py),
+# and Serve replaces it (HEALTH_CHECK: deployments/replica_health.py).
+#
+# The stages' callers are the runners, each holding `runner_concurrency` jobs of a few cuts. Past a
+# stage's request slots, 64 cuts may wait per runner (each runner's handle queues its own); the next
+# call is refused at once (BackPressureError) and the runner resends it after a pause
+# (deployments/rendering.py), so a full queue never grows and no cut waits without a bound.
+STAGE_QUEUE = 64
 
 
-@serve.deployment(
-    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0.1},
-    max_ongoing_requests=32,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
-    **HEALTH_CHECK,
-)
+def stage_options(ray_actor_options: dict, max_replicas: int) -> dict:
+    """The `serve.deployment` options of a render stage: what the three share (32 request slots, a
+    `STAGE_QUEUE`-deep queue, autoscaling at 8 ongoing requests a replica, the replica health check)
+    around the stage's own resources and replica ceiling."""
+    return {"ray_actor_options": ray_actor_options, "max_ongoing_requests": 32, "max_queued_requests": STAGE_QUEUE,
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": max_replicas, "target_ongoing_requests": 8},
+            **HEALTH_CHECK}
+
+
+@serve.deployment(**stage_options({"num_cpus": 0.5, "num_gpus": 0.1}, max_replicas=4))
 class ControlNetPreprocessor:
     def __init__(self, stage_timeout_s: float) -> None:
         self.mapper = ControlMapper()
@@ -59,12 +70,7 @@ class ControlNetPreprocessor:
         self.calls.check(self.stage_timeout_s)
 
 
-@serve.deployment(
-    ray_actor_options={"num_cpus": 1, "num_gpus": 1},
-    max_ongoing_requests=32,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 8},
-    **HEALTH_CHECK,
-)
+@serve.deployment(**stage_options({"num_cpus": 1, "num_gpus": 1}, max_replicas=8))
 class SdxlTurboGenerator:
     def __init__(self, profile: str, storage: dict, sources: ModelSources, num_inference_steps: int, image_size: int,
                  max_batch_size: int, batch_wait_s: float, *, stage_timeout_s: float, cpu_threads: int = 0,
@@ -103,19 +109,16 @@ class SdxlTurboGenerator:
             time.sleep(0.1)  # fault injection (tests only): a model call that hangs, as a stuck CUDA call does
         return self.model.generate(requests)
 
-    async def generate(self, prompt: str, control: ControlRef | np.ndarray, swatch_key: str | None, seed: int,
-                       swatch_version: str | None = None) -> CutImage:
+    async def generate(self, cut: GenerationInput, control: ControlRef | np.ndarray) -> CutImage:
         """One cut, bounded by the stage timeout. A swatch that is gone falls back to IP-Adapter scale 0
         (`CutGenerator.request`); a store that does not answer fails the call, and the runner retries the cut."""
-        work = self._generate_one(prompt, control, swatch_key, seed, swatch_version)
+        work = self._generate_one(cut, control)
         return await metrics.timed("generate", bounded("generate", self.stage_timeout_s, work))
 
-    async def _generate_one(self, prompt: str, control: ControlRef | np.ndarray, swatch_key: str | None,
-                            seed: int, swatch_version: str | None) -> CutImage:
+    async def _generate_one(self, cut: GenerationInput, control: ControlRef | np.ndarray) -> CutImage:
         control_image = await self.control_maps.resolve(control)
         loop = asyncio.get_running_loop()
-        request = await loop.run_in_executor(self._reads, self.generator.request, prompt, control_image, swatch_key,
-                                             seed, swatch_version)
+        request = await loop.run_in_executor(self._reads, self.generator.request, cut, control_image)
         return await self.batches(request)
 
     def describe(self) -> dict:
@@ -126,20 +129,18 @@ class SdxlTurboGenerator:
         self.model_calls.check(self.stage_timeout_s)
 
 
-@serve.deployment(
-    name="Finisher",
-    ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=32,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 8},
-)
-class ImageFinisher:
-    def __init__(self, storage: dict, watermark_text: str = "SASTRE", *, stage_timeout_s: float) -> None:
-        self.finisher = Finisher(open_storage(storage), watermark_text)
+@serve.deployment(**stage_options({"num_cpus": 0.5}, max_replicas=8))
+class Finisher:
+    def __init__(self, storage: dict, watermark_text: str = "SASTRE", *, stage_timeout_s: float,
+                 unhealthy_after_s: float) -> None:
+        self.finisher = JpegFinisher(open_storage(storage), watermark_text)
         self.stage_timeout_s = stage_timeout_s
+        self.storage_probe = DependencyProbe("storage", self.finisher.storage.check, grace_s=unhealthy_after_s)
 
-    async def finish(self, image: CutImage, key: str) -> dict:
+    async def finish(self, image: CutImage, key: str) -> CutResult:
         work = asyncio.to_thread(self.finisher.finish, image, key)
         return await metrics.timed("finish", bounded("finish", self.stage_timeout_s, work))
 
-    def check_health(self) -> None:
-        self.finisher.storage.check()
+    async def check_health(self) -> None:
+        """The bucket it uploads to answers (within its bound), or has failed for less than the grace."""
+        await self.storage_probe.check()

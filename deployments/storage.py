@@ -19,11 +19,16 @@ from urllib.parse import quote, unquote, urlsplit
 UPLOAD_PREFIX = "temp-uploads/"
 JOB_PREFIX = "jobs/"  # what a job owns (its swatch): outside the expiring upload prefix
 MISSING_CODES = ("404", "NoSuchKey", "NotFound")  # what S3, R2 and MinIO answer for an absent key
+# Error codes that mean "not now" rather than "no" (throttling, a request the server gave up waiting for),
+# which S3 and compatible stores may send with a 4xx status.
+TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                             "TooManyRequestsException", "RequestThrottled", "RequestTimeout"})
 MAX_NAME_BYTES = 255  # a file name's limit on common filesystems
 
 
 class StorageError(Exception):
-    """A key is invalid or an object cannot be read or written."""
+    """A key is invalid or an object cannot be read or written. Raised as itself, it is a refusal (an
+    invalid key, access denied, no such bucket): asking again gets the same answer."""
 
 
 class ObjectMissing(StorageError):
@@ -94,10 +99,23 @@ class LocalStorage:
         return path
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
-        """Write atomically (temp file + rename) so a reader never sees half an image."""
+        """Write atomically (temp file + rename) so a reader never sees half an image. A filesystem that
+        fails the write is `StorageUnavailable`, as it is for a read."""
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        try:
+            self._write(path, data)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write {key!r}: {exc.strerror}") from exc
+        return self.url_for(key)
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        except FileNotFoundError:  # a delete removed the folder it had just emptied, between the two: again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -105,7 +123,6 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return self.url_for(key)
 
     def get(self, key: str) -> bytes:
         try:
@@ -120,10 +137,20 @@ class LocalStorage:
         self.put(target, data, "")
 
     def delete(self, key: str) -> None:
+        """Delete the file, and the folders it leaves empty (a job's result folder once its images aged
+        out), so folders do not pile up where a bucket would have none."""
+        path = self.path_for(key)
         try:
-            self.path_for(key).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         except OSError as exc:
             raise StorageUnavailable(f"cannot delete {key!r}: {exc.strerror}") from exc
+        for folder in path.parents:
+            if folder == self.root:
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or already gone): the folders above are not empty either
+                break
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
@@ -183,61 +210,47 @@ class S3Storage:
                           retries={"max_attempts": 3, "mode": "standard"}),
         )
 
-    def _errors(self):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        return (BotoCoreError, ClientError)
-
     def put(self, key: str, data: bytes, content_type: str) -> str:
+        validate_key(key)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=validate_key(key), Body=data, ContentType=content_type)
-        except self._errors() as exc:
-            raise StorageError(f"cannot write {key!r}: {exc}") from exc
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        except _s3_errors() as exc:
+            raise _s3_failure(exc, f"cannot write {key!r}") from exc
         return self.url_for(key)
 
     def get(self, key: str) -> bytes:
-        """The object's bytes; `ObjectMissing` only when the bucket says so (404), else `StorageUnavailable`."""
-        from botocore.exceptions import ClientError
-
+        """The object's bytes; `ObjectMissing` only when the bucket says so (404)."""
         validate_key(key)
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
-                raise ObjectMissing(f"no object {key!r}") from exc
-            raise StorageUnavailable(f"cannot read {key!r}: {exc}") from exc
-        except Exception as exc:  # refused or reset connections, timeouts, a body cut off (urllib3's own errors)
-            raise StorageUnavailable(f"cannot read {key!r}: {type(exc).__name__}: {exc}") from exc
+        except _s3_errors() as exc:
+            raise _s3_failure(exc, f"cannot read {key!r}", missing=key) from exc
 
     def copy(self, source: str, target: str) -> None:
         """A server-side copy (the bytes never leave the bucket); the content type goes with them."""
-        from botocore.exceptions import ClientError
-
+        validate_key(source)
+        validate_key(target)
         try:
-            self.client.copy_object(Bucket=self.bucket, Key=validate_key(target),
-                                    CopySource={"Bucket": self.bucket, "Key": validate_key(source)})
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
-                raise ObjectMissing(f"no object {source!r}") from exc
-            raise StorageUnavailable(f"cannot copy {source!r}: {exc}") from exc
-        except self._errors() as exc:
-            raise StorageUnavailable(f"cannot copy {source!r}: {exc}") from exc
+            self.client.copy_object(Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": source})
+        except _s3_errors() as exc:
+            raise _s3_failure(exc, f"cannot copy {source!r}", missing=source) from exc
 
     def delete(self, key: str) -> None:
+        validate_key(key)
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=validate_key(key))
-        except self._errors() as exc:
-            raise StorageUnavailable(f"cannot delete {key!r}: {exc}") from exc
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except _s3_errors() as exc:
+            raise _s3_failure(exc, f"cannot delete {key!r}") from exc
 
     def _head(self, key: str) -> dict | None:
-        from botocore.exceptions import ClientError
-
+        validate_key(key)
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
+        except _s3_errors() as exc:
+            failure = _s3_failure(exc, f"cannot stat {key!r}", missing=key)
+            if isinstance(failure, ObjectMissing):
                 return None
-            raise StorageError(f"cannot stat {key!r}: {exc}") from exc
+            raise failure from exc
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
@@ -267,9 +280,9 @@ class S3Storage:
 
         try:
             rules = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
-                raise StorageError(f"cannot read lifecycle rules: {exc}") from exc
+        except _s3_errors() as exc:
+            if not (isinstance(exc, ClientError) and _code(exc) == "NoSuchLifecycleConfiguration"):
+                raise _s3_failure(exc, "cannot read lifecycle rules") from exc
             rules = []
         ours = {"ID": self.LIFECYCLE_RULE_ID, "Filter": {"Prefix": prefix}, "Status": "Enabled",
                 "Expiration": {"Days": days}}
@@ -278,8 +291,8 @@ class S3Storage:
         rules = [rule for rule in rules if rule.get("ID") != self.LIFECYCLE_RULE_ID] + [ours]
         try:
             self.client.put_bucket_lifecycle_configuration(Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
-        except self._errors() as exc:
-            raise StorageError(f"cannot set the upload expiry rule: {exc}") from exc
+        except _s3_errors() as exc:
+            raise _s3_failure(exc, "cannot set the upload expiry rule") from exc
 
     def delete_older_than(self, prefix: str, max_age_seconds: float) -> int:
         """Nothing to do: the bucket's lifecycle rule expires uploads."""
@@ -288,8 +301,43 @@ class S3Storage:
     def check(self) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except self._errors() as exc:
-            raise StorageError(f"bucket {self.bucket!r} unreachable: {exc}") from exc
+        except _s3_errors() as exc:
+            raise _s3_failure(exc, f"bucket {self.bucket!r} unreachable") from exc
+
+
+def _s3_errors() -> tuple[type[Exception], ...]:
+    """What a boto3 call raises when the store fails it: the bucket's answer (`ClientError`), botocore's
+    own errors, and what a body read can raise beneath them (urllib3's, the socket's)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from urllib3.exceptions import HTTPError
+
+    return (ClientError, BotoCoreError, HTTPError, OSError)
+
+
+def _code(exc: Exception) -> str | None:
+    return exc.response.get("Error", {}).get("Code")
+
+
+def _s3_failure(exc: Exception, message: str, *, missing: str | None = None) -> StorageError:
+    """A boto3 failure as this module's errors, by whether asking again can help.
+
+    The bucket's "no such key" for `missing` is `ObjectMissing`. A 5xx, a 429, throttling, or no proper
+    answer at all (a refused or dropped connection, a timeout, a body cut off) is `StorageUnavailable`.
+    Any other 4xx (access denied, no such bucket, a bad request) and a client that cannot even send the
+    request (no credentials, a bad parameter) is a plain `StorageError`: it would be refused again.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if missing is not None and _code(exc) in MISSING_CODES:
+            return ObjectMissing(f"no object {missing!r}")
+        if status is not None and 400 <= status < 500 and status != 429 and _code(exc) not in TRANSIENT_CODES:
+            return StorageError(f"{message}: {exc}")
+        return StorageUnavailable(f"{message}: {exc}")
+    if isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError)) or not isinstance(exc, BotoCoreError):
+        return StorageUnavailable(f"{message}: {type(exc).__name__}: {exc}")
+    return StorageError(f"{message}: {type(exc).__name__}: {exc}")
 
 
 def open_storage(config: dict) -> Storage:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from deployments.serving import ControlNetPreprocessor, ImageFinisher, SdxlTurboGenerator
+from deployments.serving import ControlNetPreprocessor, Finisher, SdxlTurboGenerator
 from serve_app.bootstrap import prepare, resolve_jwt_secret
-from serve_app.deployments import Ingress, JobRunnerDeployment
+from serve_app.ingress import Ingress
+from serve_app.jobqueue.job_runner import JobRunner
 from serve_app.settings import Settings
 
 
@@ -31,6 +32,7 @@ def build_app(args: dict | None = None) -> Application:
         settings.max_batch_size, settings.batch_wait_seconds, stage_timeout_s=timeout,
         cpu_threads=settings.generator_cpu_threads, fault_stall_file=settings.fault_stall_file,
     )
-    finisher = ImageFinisher.bind(storage, settings.watermark_text, stage_timeout_s=timeout)
-    runner = JobRunnerDeployment.bind(resolved, database_url, storage, preprocessor, generator, finisher)
+    finisher = Finisher.bind(storage, settings.watermark_text, stage_timeout_s=timeout,
+                             unhealthy_after_s=settings.unhealthy_after_seconds)
+    runner = JobRunner.bind(resolved, database_url, storage, preprocessor, generator, finisher)
     return Ingress.bind(resolved, database_url, storage, jwt_secret, runner, preprocessor, generator, finisher)

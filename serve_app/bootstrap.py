@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from catalog.data import CatalogData, load_catalog
 from catalog.loader import sync_catalog
 from catalog.swatches import render_swatch, swatch_key
-from db import catalog as fabrics
+from db import fabrics
 from db.engine import embedded_database_url, make_engine, make_sessionmaker
 from db.migrate import upgrade
 from deployments.storage import S3Storage, Storage, open_storage

@@ -1,4 +1,4 @@
-"""Command line: `python -m serve_app.cli prepare|run|stop-db|create-admin|scale`.
+"""Command line: `python -m serve_app.cli prepare|run|stop-db|create-admin|set-password|deactivate-admin|scale`.
 
 `run` is what `make run` calls: it prepares the database and catalog, starts a local Ray instance
 (dashboard on 127.0.0.1:8265) and hands over to Ray's own `serve run` with the local Serve config.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -16,15 +17,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from serve_app.bootstrap import prepare
+from serve_app.edge.haproxy_forwarding import SETTINGS_VARIABLE, launcher_script
 from serve_app.isolation import can_isolate, in_loopback_namespace, only_loopback, start_unix_to_tcp, tcp_to_unix
 from serve_app.launcher import LOCAL_CONFIG
 from serve_app.settings import Settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 DASHBOARD_PORT = 8265
 
@@ -57,6 +63,28 @@ def use_haproxy(settings: Settings) -> bool:
                         "whose stats and metrics ports would listen on every interface")
         return False
     return True
+
+
+def caller_environment(settings: Settings, haproxy: bool) -> dict[str, str]:
+    """The environment that makes every hop in front of the ingress pass the caller on.
+
+    Behind HAProxy: HAProxy adds the caller to X-Forwarded-For (serve_app/edge/haproxy_forwarding.py) and
+    Ray's servers behind it (uvicorn: the ingress replica, the fallback Serve proxy) take the client
+    from that header on connections from HAProxy's address only (`FORWARDED_ALLOW_IPS`). Behind
+    Serve's own proxy the caller is its peer (the bridge connects from the caller's address): uvicorn
+    there believes the header only from `SASTRE_TRUSTED_PROXIES`, so no caller names itself (its
+    default, 127.0.0.1, believed every caller on the host's loopback).
+    """
+    if not haproxy:
+        return {"FORWARDED_ALLOW_IPS": ",".join(settings.trusted_proxies)}
+    from ray.serve._private.haproxy import get_haproxy_binary
+
+    script = launcher_script(settings.data_dir.resolve() / "haproxy")
+    binary = get_haproxy_binary()  # Ray's choice: the operator's RAY_SERVE_HAPROXY_BINARY_PATH, else its bundled one
+    if Path(binary).resolve() == script.resolve():
+        raise RuntimeError("RAY_SERVE_HAPROXY_BINARY_PATH names the forwarding script itself, not an HAProxy")
+    return {"FORWARDED_ALLOW_IPS": "127.0.0.1", "RAY_SERVE_HAPROXY_BINARY_PATH": str(script),
+            SETTINGS_VARIABLE: json.dumps({"binary": binary, "trusted": settings.trusted_proxies})}
 
 
 def run_isolated(config: Path, dashboard: bool, dashboard_port: int, ports: list[int]) -> int:
@@ -99,25 +127,47 @@ def stop_database(settings: Settings) -> None:
     print(f"stopping embedded PostgreSQL in {pid_file.parent}")
 
 
-def create_admin(settings: Settings, username: str, from_stdin: bool) -> None:
-    """Create an admin user; there is no default account and no default password anywhere."""
+def read_password(username: str, from_stdin: bool) -> str:
+    """From stdin (one line), or asked twice on the terminal."""
     import getpass
-
-    from db.engine import make_engine, make_sessionmaker
-    from serve_app.admin.auth.service import create_user
 
     password = sys.stdin.readline().rstrip("\n") if from_stdin else getpass.getpass(f"password for {username}: ")
     if not from_stdin and getpass.getpass("again: ") != password:
         sys.exit("passwords differ")
+    return password
+
+
+def change_admin(settings: Settings, change: Callable[[Session], None]) -> None:
+    """Run `change` in one transaction on the service's database; a refusal exits with its reason."""
+    from db.engine import make_engine, make_sessionmaker
+
     engine = make_engine(prepare(settings), pool_size=1)
     try:
         with make_sessionmaker(engine).begin() as session:
-            create_user(session, username, password)
-    except ValueError as exc:
-        sys.exit(str(exc))
+            change(session)
+    except (ValueError, LookupError) as exc:
+        sys.exit(exc.args[0])
     finally:
         engine.dispose()
-    print(f"admin user {username!r} created; log in with POST /admin/login")
+
+
+def admin_command(settings: Settings, args: argparse.Namespace) -> None:
+    """create-admin, set-password, deactivate-admin. There is no default account and no default
+    password anywhere; a password change or a deactivation ends every token issued before it."""
+    from serve_app.admin.auth import service
+
+    name = args.username
+    if args.command == "create-admin":
+        password = read_password(name, args.password_stdin)
+        change_admin(settings, lambda session: service.create_user(session, name, password))
+        print(f"admin user {name!r} created; log in with POST /admin/login")
+    elif args.command == "set-password":
+        password = read_password(name, args.password_stdin)
+        change_admin(settings, lambda session: service.set_password(session, name, password))
+        print(f"password of {name!r} changed; tokens issued before now are refused")
+    else:
+        change_admin(settings, lambda session: service.deactivate_user(session, name))
+        print(f"admin user {name!r} deactivated; its tokens are refused")
 
 
 def scale(args: argparse.Namespace) -> None:
@@ -152,11 +202,17 @@ def main(argv: list[str] | None = None) -> None:
                             help="skip the Ray dashboard (tests; a second local instance)")
     run_parser.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT,
                             help=f"the Ray dashboard's port on 127.0.0.1 (default {DASHBOARD_PORT})")
+    run_parser.add_argument("--isolate", action="store_true", help="a loopback-only namespace of its own behind "
+                            "the bridge even where this one has only loopback (tests of the `make run` path)")
     run_parser.add_argument("--inside-namespace", type=Path, help=argparse.SUPPRESS)
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
-    admin = sub.add_parser("create-admin", help="create an admin user (password read from the terminal or stdin)")
-    admin.add_argument("username")
-    admin.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    for command, text in (("create-admin", "create an admin user"),
+                          ("set-password", "change an admin user's password, ending its earlier tokens")):
+        admin = sub.add_parser(command, help=f"{text} (password read from the terminal or stdin)")
+        admin.add_argument("username")
+        admin.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    sub.add_parser("deactivate-admin", help="close an admin account: no more logins, its tokens refused"
+                   ).add_argument("username")
     scaler = sub.add_parser("scale", help="change a deployment's replicas in the running application "
                             "(e.g. scale SdxlTurboGenerator --min 2 --max 6, or --replicas 3)")
     scaler.add_argument("deployment", help="e.g. SdxlTurboGenerator, Ingress, JobRunner")
@@ -187,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         ports = [http_port(args.config), settings.metrics_export_port] + ([args.dashboard_port] if args.dashboard else [])
-        if args.inside_namespace is None and can_isolate():
+        if args.inside_namespace is None and (args.isolate or can_isolate()):
             if settings.database_url and "host=/" not in settings.database_url:
                 logging.warning("SASTRE_DATABASE_URL is a TCP address, which a loopback-only namespace cannot "
                                 "reach: Ray's processes will listen on all interfaces")
@@ -196,12 +252,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.inside_namespace:
             start_unix_to_tcp(args.inside_namespace, ports)
         prepare(settings)
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if use_haproxy(settings) else "0"  # read by Serve's controller
+        haproxy = use_haproxy(settings)
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if haproxy else "0"  # read by Serve's controller
+        os.environ.update(caller_environment(settings, haproxy))  # read by Ray's processes, which inherit it
         run(args.config, args.dashboard, args.dashboard_port, settings.metrics_export_port)
     elif args.command == "stop-db":
         stop_database(settings)
-    elif args.command == "create-admin":
-        create_admin(settings, args.username, args.password_stdin)
+    elif args.command in ("create-admin", "set-password", "deactivate-admin"):
+        admin_command(settings, args)
 
 
 if __name__ == "__main__":

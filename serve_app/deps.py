@@ -6,8 +6,9 @@ Routes reach everything through these, so the same app runs under Ray Serve (an 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Awaitable, Callable
+from typing import Annotated, Awaitable, Callable, Protocol
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer
@@ -19,14 +20,22 @@ from catalog.data import CatalogData
 from db.engine import LoopEngines, make_async_engine, make_engine, make_sessionmaker
 from db.models import AdminUser
 from deployments.preview import PreviewRenderer
+from deployments.replica_health import PROBE_CONNECTIONS
 from deployments.storage import Storage
+from serve_app.admin.auth.password_pool import PasswordPool
 from serve_app.admin.auth.service import AuthError, user_for_token
-from serve_app.backpressure import BacklogGate
-from serve_app.ratelimit import RateLimits
+from serve_app.jobqueue.backpressure import BacklogGate
+from serve_app.health.reports import HealthReports
+from serve_app.edge.ratelimit import RateLimits
 from serve_app.settings import Settings
 
-if TYPE_CHECKING:
-    from serve_app.generation.events import JobEvents
+
+
+class EventHub(Protocol):
+    """The job event hub (`serve_app/generation/events.JobEvents`) as the services hold it: by this shape,
+    not by import, since the hub's module reaches its services through this one."""
+
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -40,18 +49,27 @@ class Services:
     backlog: BacklogGate | None = None
     jwt_secret: str | None = None  # admin routes answer 401 to everything without one
     rate_limits: RateLimits | None = None
+    passwords: PasswordPool | None = None  # this replica's bcrypt threads (admin logins)
     previews: PreviewRenderer = field(default_factory=PreviewRenderer)  # per replica, cached by swatch content
-    events: JobEvents | None = None  # the job event hub; the first event stream makes one from `sessions`
+    upload_decodes: threading.BoundedSemaphore | None = None  # per replica: `upload_decode_slots` at once
+    events: EventHub | None = None  # the job event hub; the first event stream makes one from `sessions`
     # The hot routes' asyncio engines (one per event loop); by default on `sessions`' database (see `hot_engines`).
     hot_engines: LoopEngines | None = None
+    health: HealthReports | None = None  # the report GET /health answers from (per replica)
 
     def __post_init__(self) -> None:
         if self.backlog is None:
             self.backlog = BacklogGate(self.settings.max_pending_jobs, self.settings.backlog_recount_seconds)
+        if self.health is None:
+            self.health = HealthReports(self.settings.health_max_age_seconds)
+        if self.upload_decodes is None:
+            self.upload_decodes = threading.BoundedSemaphore(self.settings.upload_decode_slots)
         if self.rate_limits is None:
             settings = self.settings
             self.rate_limits = RateLimits({"generate": settings.rate_limit_generate, "upload": settings.rate_limit_upload},
                                           settings.rate_limit_storage, settings.trusted_proxies)
+        if self.passwords is None:
+            self.passwords = PasswordPool(self.settings.login_workers, self.settings.login_queue)
 
     @property
     def hot(self) -> AsyncEngine:
@@ -64,9 +82,10 @@ class Services:
 
 def ingress_sessions(settings: Settings, database_url: str) -> sessionmaker[Session]:
     """Sessions for one HTTP process: a connection for each route thread (`ingress_threads`), so no
-    request waits for one; each statement bounded by `db_statement_timeout_seconds`."""
+    request waits for one, and one for the replica's health probe; each statement bounded by
+    `db_statement_timeout_seconds`."""
     return make_sessionmaker(make_engine(
-        database_url, pool_size=settings.ingress_threads, max_overflow=0, pool_timeout=settings.db_pool_timeout_seconds,
+        database_url, pool_size=settings.ingress_threads + PROBE_CONNECTIONS, max_overflow=0, pool_timeout=settings.db_pool_timeout_seconds,
         statement_timeout=settings.db_statement_timeout_seconds,
     ))
 

@@ -4,11 +4,18 @@ Ray 2.60's core processes (GCS, raylet, workers) listen on every interface whate
 given. On Linux with the right privileges, the local run therefore starts Ray and the application in
 a private network namespace that has only loopback, and bridges the HTTP and dashboard ports back to
 the host's 127.0.0.1 through Unix sockets, which reach across namespaces as files.
+
+The bridge keeps the caller's address, which rate limits and login throttling key on: the host side
+opens each connection with a PROXY protocol v1 line naming the TCP caller, and the namespace side
+connects onward from that same address (every caller of a bridge on 127.0.0.1 is on 127.0.0.0/8,
+which the namespace's loopback also holds), so what listens inside sees the caller as its peer and
+needs no header to trust.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import shutil
 import socket
@@ -17,7 +24,11 @@ import threading
 from pathlib import Path
 from typing import Awaitable, Callable
 
-Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+# Opens the onward connection for an accepted one (given its streams), or None to drop it.
+Opener = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Streams | None]]
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")  # the addresses a caller of the host side can have
+CALLER_LINE_SECONDS = 5.0  # the host side writes it at once; a connection without one is dropped
 
 
 def only_loopback() -> bool:
@@ -51,10 +62,13 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 def _forward(open_target: Opener):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            target_reader, target_writer = await open_target()
-        except OSError:
+            target = await open_target(reader, writer)
+        except (OSError, asyncio.TimeoutError, ValueError):
+            target = None
+        if target is None:
             writer.close()
             return
+        target_reader, target_writer = target
         try:
             await asyncio.gather(_pipe(reader, target_writer), _pipe(target_reader, writer))
         finally:
@@ -63,29 +77,58 @@ def _forward(open_target: Opener):
     return handle
 
 
+def caller_line(writer: asyncio.StreamWriter) -> bytes:
+    """The PROXY protocol v1 line that names the TCP caller of `writer`'s connection."""
+    source, source_port = writer.get_extra_info("peername")[:2]
+    target, target_port = writer.get_extra_info("sockname")[:2]
+    family = "TCP6" if ipaddress.ip_address(source).version == 6 else "TCP4"
+    return f"PROXY {family} {source} {target} {source_port} {target_port}\r\n".encode("ascii")
+
+
+def caller_of(line: bytes) -> str | None:
+    """The caller's address in a PROXY protocol v1 line, or None when the line is not one."""
+    fields = line.decode("ascii", "replace").split()
+    if len(fields) != 6 or fields[0] != "PROXY" or fields[1] not in ("TCP4", "TCP6"):
+        return None
+    try:
+        return str(ipaddress.ip_address(fields[2]))
+    except ValueError:
+        return None
+
+
 def socket_path(directory: Path, port: int) -> Path:
     return directory / f"{port}.sock"
 
 
 async def tcp_to_unix(directory: Path, ports: list[int]) -> list[asyncio.Server]:
-    """Host side: 127.0.0.1:port → <directory>/<port>.sock."""
-    return [
-        await asyncio.start_server(
-            _forward(lambda p=port: asyncio.open_unix_connection(str(socket_path(directory, p)))), "127.0.0.1", port
-        )
-        for port in ports
-    ]
+    """Host side: 127.0.0.1:port → <directory>/<port>.sock, each connection led by its caller's line."""
+    def opener(port: int) -> Opener:
+        async def open_target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Streams:
+            target_reader, target_writer = await asyncio.open_unix_connection(str(socket_path(directory, port)))
+            target_writer.write(caller_line(writer))
+            return target_reader, target_writer
+        return open_target
+
+    return [await asyncio.start_server(_forward(opener(port)), "127.0.0.1", port) for port in ports]
 
 
 def start_unix_to_tcp(directory: Path, ports: list[int]) -> None:
-    """Namespace side, in a daemon thread: <directory>/<port>.sock → 127.0.0.1:port."""
+    """Namespace side, in a daemon thread: <directory>/<port>.sock → 127.0.0.1:port, connecting from
+    the caller's own loopback address (named by the connection's first line)."""
+    def opener(port: int) -> Opener:
+        async def open_target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Streams | None:
+            caller = caller_of(await asyncio.wait_for(reader.readline(), CALLER_LINE_SECONDS))
+            if caller is None:
+                return None
+            source = (caller, 0) if ipaddress.ip_address(caller) in LOOPBACK else None
+            return await asyncio.open_connection("127.0.0.1", port, local_addr=source)
+        return open_target
+
     async def serve() -> None:
         for port in ports:
             path = socket_path(directory, port)
             path.unlink(missing_ok=True)
-            await asyncio.start_unix_server(
-                _forward(lambda p=port: asyncio.open_connection("127.0.0.1", p)), str(path)
-            )
+            await asyncio.start_unix_server(_forward(opener(port)), str(path))
             os.chmod(path, 0o600)
         await asyncio.Event().wait()
 

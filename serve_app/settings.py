@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.model_sources import ModelSources
-from serve_app.ratelimit import parse_limits
+from serve_app.edge.ratelimit import parse_limits
 
 
 class Settings(BaseSettings):
@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     upload_max_pixels: int = Field(default=25_000_000, ge=1, le=80_000_000,
                                    description="kept well under Pillow's decompression-bomb limit (89 MP)")
     upload_ttl_hours: float = Field(default=24, gt=0)
+    upload_decode_slots: int = Field(default=2, ge=1, le=64, description="uploads one ingress replica decodes at "
+                                     "once (each may hold ~100 MB while a 25 MP PNG decodes); past it: 503 + "
+                                     "Retry-After")
+    body_max_bytes: int = Field(default=64 * 1024, ge=1024, description="request bodies of every route but the "
+                                "uploads: larger is a 413 before the route parses it (serve_app/edge/body_limit.py)")
 
     model_profile: Literal["pretrained", "tiny-random", "full-random", "auto"] = "auto"
     base_model: str = ModelSources.base
@@ -55,7 +60,7 @@ class Settings(BaseSettings):
     control_detector: Literal["canny"] = "canny"
     watermark_text: str = "SASTRE"
     render_cache: bool = Field(default=True, description="serve a cut whose every input matches a completed one "
-                               "from its stored image; always off with model_profile auto (serve_app/render_cache.py)")
+                               "from its stored image; always off with model_profile auto (serve_app/jobqueue/render_cache.py)")
     render_cache_version: str = Field(default="1", description="part of every render-cache key: change it after "
                                       "replacing weights in place (same hub id or directory) or code that changes "
                                       "pixels, and no earlier entry is reused")
@@ -65,6 +70,14 @@ class Settings(BaseSettings):
 
     jwt_secret: SecretStr | None = Field(default=None, description="admin token signing key; required in production")
     jwt_lifetime_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    login_failures_per_address: int = Field(default=10, ge=1, description="failed admin logins one client address "
+                                            "may make within the window, whatever the usernames; then 429")
+    login_window_minutes: float = Field(default=15, gt=0, description="how long a failed login counts (for the "
+                                        "address limit and a username's delay); older ones are deleted")
+    login_workers: int = Field(default=1, ge=1, le=16, description="threads of an ingress replica that check "
+                               "passwords (bcrypt), apart from the route threads")
+    login_queue: int = Field(default=8, ge=0, le=1024, description="logins an ingress replica lets wait for a "
+                             "password thread (or serve a username's delay); past it: 429 with Retry-After")
 
     cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:3000", "http://127.0.0.1:3000"])
 
@@ -85,8 +98,19 @@ class Settings(BaseSettings):
     cut_attempts: int = Field(default=4, ge=1, description="tries per cut before the job fails")
     cut_retry_seconds: float = Field(default=1.0, ge=0, description="first retry delay; doubles each time")
     max_pending_jobs: int = Field(default=1000, ge=1, description="backlog above which POST /generate answers 429")
+    max_unfinished_jobs_per_client: int = Field(
+        default=100, ge=1, description="pending and processing jobs one client (its address, as the rate limits "
+        "see it) may have; past it POST /generate answers 429 + Retry-After, so no client fills the backlog alone")
     backlog_recount_seconds: float = Field(default=1.0, ge=0, description="how old an ingress replica's backlog "
                                            "count may get before it recounts in the background; 0: on every POST")
+    job_retention_days: float = Field(default=30, gt=0, description="a completed or canceled job and its renders "
+                                      "are deleted this long after it finished, unless an admin keeps it")
+    failed_job_retention_days: float = Field(default=14, gt=0, description="a failed job (and its swatch copy and "
+                                             "any renders) is deleted this long after it failed")
+    render_cache_retention_days: float = Field(default=30, gt=0, description="a render-cache entry is deleted this "
+                                               "long after its last hit; its image goes once no job names it")
+    prune_interval_seconds: float = Field(default=300, gt=0, description="how often each runner deletes what aged out")
+    prune_batch_size: int = Field(default=500, ge=1, le=10_000, description="rows per prune transaction")
     idempotency_ttl_hours: float = Field(default=24, gt=0, description="an Idempotency-Key replays its job this long")
     shutdown_grace_seconds: float = Field(default=15.0, ge=0, description="runner: finish jobs in hand, then release")
     stage_timeout_seconds: float = Field(
@@ -123,6 +147,14 @@ class Settings(BaseSettings):
     events_stream_seconds: float = Field(default=300.0, gt=0, description="an event stream closes after this "
                                          "long; the client resumes with Last-Event-ID (EventSource does so by "
                                          "itself). Keep it under the proxy's request_timeout_s, if one is set")
+
+    health_max_age_seconds: float = Field(default=2.0, ge=0, description="GET /health answers from a report "
+                                          "at most this old (its `Age` header), so a flood of it never reaches the "
+                                          "deployments' request slots; 0: every request waits for a fresh check")
+    unhealthy_after_seconds: float = Field(default=30.0, gt=0, description="a replica's check_health fails once "
+                                           "a dependency it probes (database, storage) has been failing this long, "
+                                           "and a runner's once its claim loop has not moved for this long (plus "
+                                           "poll_seconds): Serve then replaces it. Shorter blips are ridden out")
 
     metrics_export_port: int = Field(default=8080, ge=1, le=65535, description="local run: where Ray's Prometheus "
                                      "endpoint (/metrics on 127.0.0.1) exports Serve's metrics and ours")

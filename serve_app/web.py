@@ -18,6 +18,7 @@ from serve_app.admin.auth import routes as admin_auth
 from serve_app.admin.fabrics import routes as admin_fabrics
 from serve_app.admin.generations import routes as admin_generations
 from serve_app.admin.renders import routes as admin_renders
+from serve_app.edge.body_limit import BodyLimit, upload_routes
 from serve_app.catalog import routes as catalog
 from serve_app.client import mount_client
 from serve_app.deps import Services
@@ -25,6 +26,7 @@ from serve_app.errors import add_error_handlers
 from serve_app.generation import routes as generation
 from serve_app.health import routes as health
 from serve_app.preview import routes as preview
+from serve_app.edge.security_headers import SecurityHeaders, origin_of
 from serve_app.uploads import routes as uploads
 
 FEATURES = (catalog, preview, generation, uploads, health, admin_auth, admin_fabrics, admin_generations,
@@ -45,6 +47,7 @@ def create_app(services: Services) -> FastAPI:
                     "GET /jobs/{job_id}/events (server-sent events) or poll GET /jobs/{job_id} (every ~2 s) until "
                     "it is completed. Admin routes need a bearer token from POST /admin/login.",
         lifespan=lifespan,
+        docs_url=None,  # served by mount_client: Swagger UI without inline script
     )
     app.state.services = services
     for feature in FEATURES:
@@ -52,10 +55,14 @@ def create_app(services: Services) -> FastAPI:
     mount_client(app)
     add_error_handlers(app)
     app.add_middleware(RouteThreads, threads=services.settings.ingress_threads)
+    app.add_middleware(BodyLimit, max_bytes=services.settings.body_max_bytes, uncapped=upload_routes(
+        route for feature in FEATURES for route in feature.router.routes))
     app.add_middleware(
         CORSMiddleware, allow_origins=services.settings.cors_origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
         allow_headers=["*"],
     )
+    # Outermost, so CORS answers carry the headers too. A storage URL names where media is served from.
+    app.add_middleware(SecurityHeaders, media_origins=[origin_of(services.storage.url_for("generated/probe.jpg"))])
     return app
 
 

@@ -14,23 +14,19 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_sessionmaker
-from db.migrate import upgrade
+from db.migrate import fresh_database  # re-exported: tests import it from here
 
-
-def _with_database(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    base = base.rsplit("/", 1)[0]
-    return f"{base}/{name}" + (f"?{query}" if query else "")
+if TYPE_CHECKING:
+    from tests.services import Services
 
 
 @pytest.fixture(scope="session")
@@ -44,21 +40,6 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
-
-
-@contextmanager
-def fresh_database(server_url: str, revision: str = "head") -> Iterator[str]:
-    """A new database on the test server, migrated to `revision`, dropped afterwards."""
-    name = f"sastre_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(server_url, name)
-    try:
-        upgrade(url, revision)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -152,3 +133,24 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     server.terminate()
     server.wait(timeout=10)
+
+
+# Launched services, shared between modules where their settings allow (tests/services.py).
+
+@pytest.fixture(scope="session")
+def services(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """The session's launched services: one shared service idle at a time, each ended fast."""
+    from tests.services import Services
+
+    manager = Services(server_url, tmp_path_factory)
+    try:
+        yield manager
+    finally:
+        manager.end_idle()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that share a service run one after another, so it starts once (tests/services.py)."""
+    from tests.services import order_by_service
+
+    order_by_service(items)

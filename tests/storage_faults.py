@@ -1,5 +1,6 @@
 """Storage faults the machine really produces, on 127.0.0.1: a moto server that can be stopped and
-started again on its port, and a TCP proxy in front of it that can stall or refuse swatch reads."""
+started again on its port, and a TCP proxy in front of it that can stall, refuse or throttle reads and
+refuse writes."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import threading
 from typing import Literal
 
 from serve_app.launcher import free_port
+from tests.fault_proxy import TcpProxy, splice
 
-Mode = Literal["forward", "stall-reads", "fail-reads"]
+Mode = Literal["forward", "stall-reads", "fail-reads", "throttle-reads", "fail-writes"]
 
 UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: 93\r\n"
                b"Connection: close\r\n\r\n<Error><Code>ServiceUnavailable</Code><Message>injected fault</Message>"
                b"</Error>\n")
+THROTTLED = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/xml\r\nContent-Length: 70\r\n"
+             b"Connection: close\r\n\r\n<Error><Code>SlowDown</Code><Message>injected fault</Message></Error>\n")
 
 
 class MotoServer:
@@ -46,56 +50,26 @@ class MotoServer:
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-class FaultProxy:
+class FaultProxy(TcpProxy[Mode]):
     """A TCP proxy on 127.0.0.1 in front of an S3 endpoint.
 
     Each connection is judged by its first request: in `stall-reads` a GET is accepted and never
-    answered (the endpoint that "accepts and never answers"); in `fail-reads` a GET gets a 503; any
-    other request, and every request in `forward`, goes through. Changing the mode drops the open
+    answered (the endpoint that "accepts and never answers"); in `fail-reads` a GET gets a 503, in
+    `throttle-reads` a 429 (SlowDown); in `fail-writes` a PUT gets a 503; any other request, and every
+    request in `forward`, goes through. Changing the mode drops the open
     connections, so pooled client connections reconnect and meet the new mode.
     """
 
     def __init__(self, upstream_port: int) -> None:
+        super().__init__("forward")
         self.upstream_port = upstream_port
-        self.mode: Mode = "forward"
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
         self.stalled = 0  # reads held without an answer so far
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._start()
 
-    def set_mode(self, mode: Mode) -> None:
-        self.mode = mode
-        self._drop_all()
-
-    def close(self) -> None:
-        self._listener.close()
-        self._drop_all()
-
-    def _drop_all(self) -> None:
-        with self._lock:
-            sockets, self._open = list(self._open), set()
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def _track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._open.add(sock)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            self._track(client)
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+    def _accepted(self, client: socket.socket) -> None:
+        self._track(client)
+        threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         try:
@@ -111,30 +85,17 @@ class FaultProxy:
                 while client.recv(65536):  # take whatever is sent, answer nothing
                     pass
                 return
-            if is_read and self.mode == "fail-reads":
+            if (is_read and self.mode == "fail-reads") or (first.startswith(b"PUT ") and self.mode == "fail-writes"):
                 client.sendall(UNAVAILABLE)
+                return
+            if is_read and self.mode == "throttle-reads":
+                client.sendall(THROTTLED)
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             self._track(upstream)
             upstream.sendall(first)
-            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
-            self._pipe(client, upstream)
-            upstream.close()
+            splice(client, upstream)
         except OSError:
             pass
         finally:
             client.close()
-
-    @staticmethod
-    def _pipe(source: socket.socket, target: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                target.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass

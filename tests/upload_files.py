@@ -66,3 +66,38 @@ def png_zip_polyglot() -> bytes:
 
 
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>alert(1)</script></svg>'
+
+
+STRIPES = ((200, 40, 40), (40, 60, 180))  # a two-colour cloth: its mean colour is their average
+
+
+def striped_photo(fmt: str, size: tuple[int, int], stripe_px: int = 3, orientation: int | None = None,
+                  **save) -> bytes:
+    """A photo-sized picture of vertical two-colour stripes (the first one STRIPES[0]), optionally with an
+    EXIF orientation."""
+    import numpy as np
+
+    width, height = size
+    stripe = (np.arange(width) // stripe_px % 2).astype(bool)
+    row = np.where(stripe[:, None], np.array(STRIPES[1], np.uint8), np.array(STRIPES[0], np.uint8))
+    image = Image.fromarray(np.ascontiguousarray(np.broadcast_to(row, (height, width, 3))), "RGB")
+    if orientation is not None:
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        save["exif"] = exif.tobytes()
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+# What the decoder refuses, so both `sanitize_image` and POST /upload-swatch answer it the same way:
+# (what it is, its bytes, the file name a client would send, the status, words of the detail).
+REFUSED_IMAGES = [
+    ("empty", b"", "empty.png", 422, "empty"),
+    ("text named .png", b"hello, I am a text file" * 10, "swatch.png", 415, "not an image"),
+    ("GIF", image_bytes("GIF"), "swatch.gif", 415, "unsupported image type GIF"),
+    ("SVG", SVG, "swatch.svg", 415, "not an image"),
+    ("truncated JPEG", truncated_jpeg(), "cut.jpg", 422, "truncated"),
+    ("30000x30000 PNG", png_declaring(30000, 30000), "bomb.png", 422, "too many pixels"),
+    ("PNG+ZIP polyglot", png_zip_polyglot(), "poly.png", 422, "polyglot"),
+]

@@ -8,7 +8,7 @@ from serve_app.catalog.schemas import CatalogOut
 from serve_app.catalog.service import shop_catalog
 from serve_app.deps import ServicesDep
 from serve_app.errors import error_responses
-from serve_app.routing import StorableTextRoute
+from serve_app.edge.routing import StorableTextRoute
 
 router = APIRouter(tags=["catalog"], route_class=StorableTextRoute)
 

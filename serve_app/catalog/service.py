@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from catalog.loader import color_swatch_key
-from db.catalog import active_families
+from db.fabrics import active_families
 from db.models import Color, FabricFamily
 from deployments.storage import Storage
 from serve_app.catalog.schemas import CatalogOut, ColorOut, CutOut, FamilyOut

@@ -1,4 +1,5 @@
-"""The reference web client: the shop page at `/`, the admin page at `/admin`, their assets under `/static/`.
+"""The reference web client: the shop page at `/`, the admin page at `/admin`, the API docs page at `/docs`,
+their assets under `/static/`.
 
 Plain HTML, CSS and ES modules, served as files: no build step, no framework, nothing here but the
 routes. The pages talk to the public and admin APIs exactly as any other front end would, so they
@@ -29,5 +30,10 @@ def mount_client(app: FastAPI) -> None:
     @app.get("/admin", include_in_schema=False)
     def admin_page() -> FileResponse:
         return FileResponse(CLIENT_DIR / "admin.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> FileResponse:
+        """Swagger UI, started by /static/docs.js rather than FastAPI's inline script (see security_headers)."""
+        return FileResponse(CLIENT_DIR / "docs.html", media_type="text/html", headers=PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=CLIENT_DIR / "static"), name="client-static")

@@ -14,7 +14,8 @@ one reader connection, both the hub's own (the route pool is never touched).
   it sent, or than the client's `Last-Event-ID`: repeated and overtaken reads are dropped, order holds.
 - The LISTEN connection is probed while idle and reconnects with backoff when lost (a database
   restart); once back it re-reads every watched job, so a change announced while nobody was listening
-  is still delivered. Open streams keep sending keep-alives meanwhile.
+  is still delivered. A read the database could not answer is retried the same way. Open streams keep
+  sending keep-alives meanwhile.
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ from db.models import GenerationJob
 from deployments.storage import Storage
 from serve_app.deps import Services
 from serve_app.generation.service import job_out
+from serve_app.retrying import Backoff, connection_lost, database_unavailable, retrying
 
 logger = logging.getLogger("sastre.events")
 
 FINAL_STATUSES = frozenset({"completed", "failed", "canceled"})
 LISTEN_NAME = "sastre-job-events-listen"  # application_name of the hub's connections, seen in pg_stat_activity
 READ_NAME = "sastre-job-events-read"
-RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 5.0  # reconnect and re-read backoff, doubling
+BACKOFF = Backoff(0.5, cap=5.0)  # between tries to reconnect, and to read again
 CLIENT_RETRY_MS = 1000  # the `retry:` an EventSource waits before it reconnects after a close
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MISSING = object()  # what a read gives for a job that does not exist
@@ -175,29 +177,35 @@ class JobEvents:
 
     # -- the reader ----------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
+        """Read what was notified, in batches. While the database does not answer, the batch is read again
+        until it does (with whatever was notified meanwhile) and the streams send keep-alives; a read
+        that fails otherwise is a bug, logged, and its streams wait for their job's next change."""
         loop = asyncio.get_running_loop()
-        delay = RETRY_FIRST_SECONDS
         while True:
             await self._wanted.wait()
             self._wanted.clear()
-            wanted = {job_id for job_id in self._pending if job_id in self._watches}
-            self._pending = set()
+            wanted = self._take_pending()
             if not wanted:
                 continue
+            reading = retrying("reading watched jobs", retry_if=database_unavailable, backoff=BACKOFF, tries=None,
+                               log=logger)
             try:
-                snapshots = await loop.run_in_executor(self._thread, self._read, sorted(wanted))
-            except Exception as exc:
-                logger.warning("reading %d watched jobs failed (%s); retrying in %.1f s", len(wanted),
-                               type(exc).__name__, delay)
-                self._pending |= wanted  # the streams wait (sending keep-alives) for the retry
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_SECONDS)
-                self._wanted.set()
+                async for attempt in reading:
+                    with attempt:
+                        wanted |= self._take_pending()
+                        snapshots = await loop.run_in_executor(self._thread, self._read, sorted(wanted))
+            except Exception:
+                logger.exception("reading %d watched jobs failed", len(wanted))
                 continue
-            delay = RETRY_FIRST_SECONDS
             self.reads += 1
             for job_id in wanted:
                 self._deliver(job_id, snapshots.get(job_id, MISSING))
+
+    def _take_pending(self) -> set[str]:
+        """The notified jobs that someone still watches; the rest are dropped."""
+        wanted = {job_id for job_id in self._pending if job_id in self._watches}
+        self._pending = set()
+        return wanted
 
     def _read(self, job_ids: list[str]) -> dict[str, Snapshot]:
         with self._sessions() as session:
@@ -206,30 +214,40 @@ class JobEvents:
 
     # -- the listener --------------------------------------------------------------------------------
     async def _listen_loop(self) -> None:
-        delay = RETRY_FIRST_SECONDS
+        """Hold a LISTEN connection for as long as the hub runs (`close` cancels it). Each connection,
+        once made, listens until it is lost; then connecting starts over, its backoff afresh, after the
+        backoff's first wait (a server that accepts and drops connections is not asked in a tight loop)."""
         while True:
+            connecting = retrying("job events: connecting to LISTEN", retry_if=connection_lost, backoff=BACKOFF,
+                                  tries=None, log=logger)
+            conn = await connecting(self._connect)
             try:
-                async with await psycopg.AsyncConnection.connect(
-                        self.listen_url, autocommit=True, application_name=LISTEN_NAME,
-                        connect_timeout=max(2, int(self.probe_seconds))) as conn:
-                    await conn.execute(f"LISTEN {jobs.EVENTS_CHANNEL}")
-                    self.listening, delay = True, RETRY_FIRST_SECONDS
-                    self._want(self._watches)  # whatever changed while nobody was listening
-                    while True:
-                        async for notice in conn.notifies(timeout=self.probe_seconds):
-                            if notice.payload in self._watches:
-                                self._want([notice.payload])
-                        async with asyncio.timeout(self.probe_seconds):
-                            await conn.execute("SELECT 1")  # idle: prove the connection is still there
-            except asyncio.CancelledError:
-                raise
+                async with conn:
+                    await self._listen(conn)
             except Exception as exc:
-                logger.warning("job events: LISTEN connection lost (%s: %s); reconnecting in %.1f s",
-                               type(exc).__name__, exc, delay)
+                if not connection_lost(exc):
+                    raise
+                logger.warning("job events: LISTEN connection lost (%s: %s); connecting again in %.1f s",
+                               type(exc).__name__, exc, BACKOFF.first)
             finally:
                 self.listening = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            await asyncio.sleep(BACKOFF.first)
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        return await psycopg.AsyncConnection.connect(self.listen_url, autocommit=True, application_name=LISTEN_NAME,
+                                                     connect_timeout=max(2, int(self.probe_seconds)))
+
+    async def _listen(self, conn: psycopg.AsyncConnection) -> None:
+        """LISTEN on `conn` and ask for a read of each watched job notified, until the connection is lost."""
+        await conn.execute(f"LISTEN {jobs.EVENTS_CHANNEL}")
+        self.listening = True
+        self._want(self._watches)  # whatever changed while nobody was listening
+        while True:
+            async for notice in conn.notifies(timeout=self.probe_seconds):
+                if notice.payload in self._watches:
+                    self._want([notice.payload])
+            async with asyncio.timeout(self.probe_seconds):
+                await conn.execute("SELECT 1")  # idle: prove the connection is still there
 
 
 # -- the HTTP side ---------------------------------------------------------------------------------------

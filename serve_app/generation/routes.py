@@ -13,15 +13,16 @@ from serve_app.errors import ErrorBody, error_responses
 from serve_app.generation.events import EventStreamResponse, open_stream
 from serve_app.generation.schemas import GenerateAccepted, GenerateRequest, JobOut
 from serve_app.generation.service import accept_job, cancel, job_out, read_job
-from serve_app.ratelimit import rate_limited
-from serve_app.routing import StorableTextRoute
+from serve_app.edge.ratelimit import rate_limited
+from serve_app.edge.routing import StorableTextRoute
 
 router = APIRouter(tags=["jobs"], route_class=StorableTextRoute)
 
 
 @router.post("/generate", status_code=status.HTTP_202_ACCEPTED, response_model=GenerateAccepted,
              responses={**error_responses(409, 422, 503),
-                        429: {"model": ErrorBody, "description": "backlog full, or this client's rate limit is "
+                        429: {"model": ErrorBody, "description": "backlog full, this client has its cap of unfinished "
+                                                                 "jobs, or its rate limit is "
                                                                  "spent; retry after `Retry-After` seconds"}},
              dependencies=[rate_limited("generate")])
 async def create_generation(
@@ -33,7 +34,8 @@ async def create_generation(
     """Validate against the catalog and queue one job; returns at once with the job id to poll.
 
     Async like GET /jobs/{job_id}: the database is awaited on the event loop, no thread hop."""
-    return await accept_job(get_services(request), body, idempotency_key)
+    services = get_services(request)
+    return await accept_job(services, body, idempotency_key, services.rate_limits.client(request))
 
 
 @router.get("/jobs/{job_id}", responses={200: {"model": JobOut}, **error_responses(404, 503)})

@@ -55,7 +55,8 @@ class JobOut(BaseModel):
     swatch_url: str | None
     result_urls: list[str] | None
     progress: list[CutProgress]
-    error_message: str | None
+    error_message: str | None = Field(description="why the job failed (or is being retried): a stable code, a colon "
+                                      "and a short sentence, e.g. `render_failed: the render failed; try again`")
     attempts: int
     created_at: datetime
     updated_at: datetime

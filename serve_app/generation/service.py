@@ -1,9 +1,11 @@
 """Accepting, presenting and canceling jobs: everything the job routes do besides HTTP.
 
 A job is accepted by one statement (the catalog check, the INSERT and the runners' wake-up together,
-see `jobs.create_job_for_color`), after the job's own swatch copy when it names an uploaded swatch: it
-either exists afterwards with everything it needs, or nothing was written (a copy made for a job that
-was then refused is deleted). The backlog gate answers from a count kept in the background.
+see `jobs.create_job`), after the job's own swatch copy and its digest when it names a swatch
+(`serve_app/jobqueue/swatches.py`): it either exists afterwards with everything it needs, or nothing
+was written (a copy made for a job that was then refused is deleted). Every fact about its cuts that
+the bodies show (seeds, previews) comes from the job's plan (`serve_app/jobqueue/plans.py`). The
+backlog gate answers from a count kept in the background.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import secrets
 import uuid
+from datetime import timedelta
 
 from fastapi import HTTPException
 from fastapi.responses import Response
@@ -23,17 +26,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
 from db import jobs
-from db.catalog import active_collection
+from db.fabrics import active_collection
 from db.models import GenerationJob
 from deployments import metrics
 from deployments.storage import ObjectMissing, Storage, StorageError
 from serve_app.deps import Services
 from serve_app.generation.schemas import CutProgress, GenerateAccepted, GenerateRequest, JobOut
-from serve_app.job_inputs import forget_swatch, own_swatch
-from serve_app.preview.service import preview_url
-from serve_app.uploads.service import resolve_swatch
+from serve_app.jobqueue.plans import plan_cuts
+from serve_app.jobqueue.swatches import OwnedSwatch, SwatchRefused, forget_swatch, own_swatch, resolve_swatch
 
 logger = logging.getLogger("sastre.api")
+
+CLIENT_CAP_RETRY_SECONDS = 10  # a one-cut job takes a second or two on a GPU: some of the client's will be done
 
 
 def fingerprint(body: GenerateRequest) -> str:
@@ -42,9 +46,10 @@ def fingerprint(body: GenerateRequest) -> str:
     return hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
 
 
-async def accept_job(services: Services, body: GenerateRequest, idempotency_key: str | None) -> Response:
-    """Queue one job for `body` (a 202 with its body serialized once), or answer a repeated
-    Idempotency-Key with the job it made."""
+async def accept_job(services: Services, body: GenerateRequest, idempotency_key: str | None,
+                     client: str = "") -> Response:
+    """Queue one job for `body` on behalf of `client` (a 202 with its body serialized once), or answer a
+    repeated Idempotency-Key with the job it made."""
     unknown = [cut for cut in body.cuts if services.catalog.cut(cut) is None]
     if unknown:
         known = ", ".join(c.cut_id for c in services.catalog.cuts)
@@ -61,7 +66,7 @@ async def accept_job(services: Services, body: GenerateRequest, idempotency_key:
         raise HTTPException(429, "too many jobs waiting; retry shortly", headers={"Retry-After": "5"})
     async with services.hot.connect() as conn:
         try:
-            return await _create(services, conn, body, idempotency_key, request_hash)
+            return await _create(services, conn, body, idempotency_key, request_hash, client)
         except IntegrityError:
             # A concurrent request with the same key won the race; answer as its replay.
             job = await jobs.read_job_by_idempotency_key(conn, idempotency_key, ttl_seconds)
@@ -80,8 +85,7 @@ def _replay(job: Row, request_hash: str | None) -> Response:
 def accepted(job: Row) -> GenerateAccepted:
     """The 202's body: where to poll, and each cut's instant preview while the render is queued."""
     return GenerateAccepted(job_id=job.job_id, status=job.status, seed=job.seed, status_url=f"/jobs/{job.job_id}",
-                            preview_urls={cut: preview_url(cut, color_id=job.color_id, swatch_url=job.swatch_url)
-                                          for cut in job.cuts})
+                            preview_urls={plan.cut: plan.preview_url for plan in plan_cuts(job)})
 
 
 def _json(body: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -90,28 +94,34 @@ def _json(body: BaseModel, status_code: int = 200, headers: dict[str, str] | Non
 
 
 async def _create(services: Services, conn: AsyncConnection, body: GenerateRequest, idempotency_key: str | None,
-                  request_hash: str | None) -> Response:
-    """The INSERT (with the catalog check and the runners' wake-up) in one statement. A swatch_url first
-    needs the family's collection and the storage (blocking, so on a thread): one more round trip."""
+                  request_hash: str | None, client: str) -> Response:
+    """The INSERT (with the catalog check, the client's cap and the runners' wake-up) in one statement. A
+    swatch_url first needs the family's collection and the storage (blocking, so on a thread): one more
+    round trip. A refusal costs a query or two more, to say why."""
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 16)
     job_id = str(uuid.uuid4())
-    swatch_key = None  # None: the color's catalog swatch, read by the INSERT itself
+    swatch = None  # None: the color's catalog swatch, read by the INSERT itself
+    cap = services.settings.max_unfinished_jobs_per_client
     if body.swatch_url:
         collection = await _active_collection(conn, body)
-        swatch_key = await run_in_threadpool(_resolve_and_own, services, body.swatch_url, collection, job_id)
+        swatch = await run_in_threadpool(_resolve_and_own, services, body.swatch_url, collection, job_id)
     try:
-        job = await jobs.create_job_for_color(
-            conn, job_id=job_id, family_id=body.family_id, color_id=body.color_id, cuts=body.cuts, seed=seed,
-            swatch_url=body.swatch_url, swatch_key=swatch_key,
-            max_attempts=services.settings.job_max_attempts,
-            idempotency_key=idempotency_key, request_hash=request_hash,
+        job = await conn.run_sync(
+            jobs.create_job, job_id=job_id, family_id=body.family_id, color_id=body.color_id, cuts=body.cuts,
+            seed=seed, swatch_url=body.swatch_url, swatch_key=swatch.key if swatch else None,
+            swatch_digest=swatch.digest if swatch else None, max_attempts=services.settings.job_max_attempts,
+            client=client, client_cap=cap, idempotency_key=idempotency_key, request_hash=request_hash,
         )
-        if job is None:  # the family or color is unknown or inactive: say which
+        if job is None:  # the family or color is unknown or inactive, or the client is at its cap: say which
             await _active_collection(conn, body)
+            if await jobs.unfinished_jobs(conn, client, cap) >= cap:
+                metrics.refused("client_cap")
+                raise HTTPException(429, f"this client already has {cap} unfinished jobs; retry when some have "
+                                    "finished", headers={"Retry-After": str(CLIENT_CAP_RETRY_SECONDS)})
             raise HTTPException(422, f"unknown or inactive color {body.color_id} in family {body.family_id}")
     except BaseException:
-        if swatch_key is not None:  # nothing half-written stays behind
-            await run_in_threadpool(forget_swatch, services.storage, job_id, swatch_key)
+        if swatch is not None:  # nothing half-written stays behind
+            await run_in_threadpool(forget_swatch, services.storage, job_id, swatch.key)
         raise
     metrics.job_created()
     return _json(accepted(job), 202)
@@ -126,11 +136,13 @@ async def _active_collection(conn: AsyncConnection, body: GenerateRequest) -> st
     return collection
 
 
-def _resolve_and_own(services: Services, swatch_url: str, collection: str | None, job_id: str) -> str | None:
-    return _own_swatch(services, resolve_swatch(services, swatch_url, collection), job_id)
-
-
-def _own_swatch(services: Services, key: str | None, job_id: str) -> str | None:
+def _resolve_and_own(services: Services, swatch_url: str, collection: str | None, job_id: str) -> OwnedSwatch:
+    """The job's swatch from the client's URL: resolved, owned and digested (a 422 for a URL it may not use)."""
+    try:
+        key = resolve_swatch(services.storage, swatch_url, collection,
+                             timedelta(hours=services.settings.upload_ttl_hours))
+    except SwatchRefused as exc:
+        raise HTTPException(422, str(exc)) from None
     try:
         return own_swatch(services.storage, key, job_id)
     except ObjectMissing:
@@ -142,16 +154,17 @@ def _own_swatch(services: Services, key: str | None, job_id: str) -> str | None:
 
 def job_out(job: GenerationJob | Row, storage: Storage) -> JobOut:
     """The API view of a row (an ORM object or a plain row with the same names). URLs are made from the stored keys at read time, so presigned URLs are fresh."""
-    seeds = [job.seed + index for index in range(len(job.cuts))] if job.seed is not None else []
+    plans = plan_cuts(job)
+    seeds = [plan.seed for plan in plans if plan.seed is not None]
     progress = []
-    for index, cut in enumerate(job.cuts):
-        entry = job.cut_progress.get(cut, {})
+    for plan in plans:
+        entry = job.cut_progress.get(plan.cut, {})
         url = storage.url_for(entry["key"]) if entry.get("key") else entry.get("url")
-        progress.append(CutProgress(cut=cut, status=entry.get("status", "pending"),
-                                    seed=entry.get("seed", seeds[index] if seeds else 0), url=url,
+        progress.append(CutProgress(cut=plan.cut, status=entry.get("status", "pending"),
+                                    seed=entry.get("seed", plan.seed or 0), url=url,
                                     ip_adapter_fallback=entry.get("ip_adapter_fallback"),
                                     cached=entry.get("cached", False) if entry.get("status") == "completed" else None,
-                                    preview_url=preview_url(cut, color_id=job.color_id, swatch_url=job.swatch_url)))
+                                    preview_url=plan.preview_url))
     # Fresh URLs from the keys; a row without them (written by the original backend, which kept only
     # result_urls) shows what it stored.
     result_urls = [p.url for p in progress] if job.status == "completed" and all(p.url for p in progress) else job.result_urls
@@ -191,5 +204,4 @@ def cancel(services: Services, job_id: str) -> GenerationJob:
         raise HTTPException(409, f"job {job_id} is already {job.status}")
     if outcome == "canceled":  # a pending job's final write is this one; a runner counts the others
         metrics.job_finished("canceled")
-        forget_swatch(services.storage, job_id, job.swatch_key)
     return job

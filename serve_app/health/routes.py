@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.deps import ServicesDep, current_admin
 from serve_app.errors import error_responses
 from serve_app.health.service import health_report, public_view
-from serve_app.routing import StorableTextRoute
+from serve_app.edge.routing import StorableTextRoute
 
 router = APIRouter(tags=["ops"], route_class=StorableTextRoute)
 
@@ -22,9 +24,13 @@ def liveness() -> dict:
 @router.get("/health", responses={503: {"description": "a part is down"}})
 async def health(services: ServicesDep) -> JSONResponse:
     """Ok or not per part (database, storage, each deployment) and the model profile actually serving;
-    503 when any part is down. The details are behind the admin token, at GET /admin/health."""
-    report = await health_report(services)
-    return JSONResponse(public_view(report), status_code=200 if report["status"] == "ok" else 503)
+    503 when any part is down. The details are behind the admin token, at GET /admin/health.
+
+    Answered from a report at most `health_max_age_seconds` old (its age in seconds is the `Age`
+    header), so a flood of /health costs the deployments one check per that interval, not one each."""
+    report, age = await services.health.latest(lambda: health_report(services))
+    return JSONResponse(public_view(report), status_code=200 if report["status"] == "ok" else 503,
+                        headers={"Age": str(math.floor(age))})
 
 
 @router.get("/admin/health", tags=["admin"], dependencies=[Depends(current_admin)], responses=error_responses(401))

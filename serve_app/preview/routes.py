@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 from serve_app.deps import ServicesDep
 from serve_app.errors import error_responses
 from serve_app.preview.service import render_preview
-from serve_app.routing import StorableTextRoute
+from serve_app.edge.routing import StorableTextRoute
 
 router = APIRouter(tags=["catalog"], route_class=StorableTextRoute)
 
@@ -24,12 +24,15 @@ def get_preview(
     color_id: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     swatch_url: Annotated[str | None, Query(min_length=1, max_length=2048,
                                             description="an upload of ours, instead of color_id")] = None,
+    job_id: Annotated[str | None, Query(min_length=1, max_length=100,
+                                        description="a job's own swatch (its `preview_url`s name it)")] = None,
     size: Annotated[int, Query(description="pixels per side: 256 or 512")] = 512,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """An instant preview of `cut` in a catalog color's cloth (`color_id`) or an uploaded swatch
-    (`swatch_url`): the swatch's texture on the cut's shape and shading. No model runs; milliseconds."""
-    jpeg, etag = render_preview(services, cut, size, color_id, swatch_url)
+    """An instant preview of `cut` in a catalog color's cloth (`color_id`), an uploaded swatch (`swatch_url`)
+    or a job's own swatch (`job_id`): the swatch's texture on the cut's shape and shading. No model runs;
+    milliseconds."""
+    jpeg, etag = render_preview(services, cut, size, color_id, swatch_url, job_id)
     headers = {"ETag": etag, "Cache-Control": "public, max-age=3600"}
     if if_none_match == etag:
         return Response(status_code=304, headers=headers)

@@ -11,10 +11,11 @@ from fastapi.responses import FileResponse
 from deployments.storage import LocalStorage, StorageError
 from serve_app.deps import ServicesDep
 from serve_app.errors import RATE_LIMITED, error_responses
-from serve_app.ratelimit import rate_limited
-from serve_app.routing import StorableTextRoute
-from serve_app.uploads.schemas import MULTIPART_BODY, UploadOut
-from serve_app.uploads.service import read_file_field, sanitize_image, store_upload
+from serve_app.edge.ratelimit import rate_limited
+from serve_app.edge.routing import StorableTextRoute
+from serve_app.edge.body_limit import MULTIPART_BODY
+from serve_app.uploads.schemas import UploadOut
+from serve_app.uploads.service import clean_upload, read_file_field, store_upload
 
 router = APIRouter(route_class=StorableTextRoute)
 
@@ -29,7 +30,7 @@ async def upload_swatch(request: Request, services: ServicesDep) -> UploadOut:
     """
     settings = services.settings
     data = await read_file_field(request, "file", settings.upload_max_bytes)
-    clean = await asyncio.to_thread(sanitize_image, data, settings.upload_max_pixels)
+    clean = await clean_upload(services, data)
     return await asyncio.to_thread(store_upload, services.storage, settings, clean)
 
 

@@ -1,4 +1,4 @@
-"""The upload's body, as OpenAPI describes it (the route reads it as a stream), and its answer."""
+"""The upload's answer (its body, streamed past the body cap, is `MULTIPART_BODY` in serve_app/edge/body_limit.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,3 @@ from pydantic import BaseModel, Field
 class UploadOut(BaseModel):
     swatch_url: str = Field(description="pass it as swatch_url to POST /generate")
     expires_at: datetime = Field(description="the upload is deleted after this time")
-
-
-MULTIPART_BODY = {
-    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"],
-        "properties": {"file": {"type": "string", "format": "binary",
-                                "description": "JPEG, PNG or WebP, at most 5 MB"}}}}}},
-}

@@ -1,5 +1,6 @@
 """Swatch uploads: read the multipart body as a stream under a size cap, then decide by decoding
-whether it is an image we take, and store only a re-encoded, metadata-free copy.
+whether it is an image we take, and store only a re-encoded, metadata-free copy at the size a swatch
+is used at (`deployments/swatch_size.py`: at most 1024 px on its long side).
 
 Nothing the client declares (content type, file name) is trusted; nothing is stored until the image
 has been fully decoded and re-encoded.
@@ -7,6 +8,7 @@ has been fully decoded and re-encoded.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import uuid
@@ -19,7 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from python_multipart.multipart import parse_options_header
 from starlette.types import Message, Receive
 
+from deployments import metrics
 from deployments.storage import UPLOAD_PREFIX, Storage, StorageError
+from deployments.swatch_size import decode_reduced, downscaled
 from serve_app.deps import Services
 from serve_app.settings import Settings
 from serve_app.uploads.schemas import UploadOut
@@ -115,7 +119,12 @@ def _trailing_bytes(data: bytes, image_format: str) -> bytes:
 
 
 def sanitize_image(data: bytes, max_pixels: int) -> CleanImage:
-    """Decode `data` as JPEG, PNG or WebP and return a re-encoded copy without metadata, or refuse it."""
+    """Decode `data` as JPEG, PNG or WebP and return a re-encoded, downscaled copy without metadata, or
+    refuse it.
+
+    The full-size picture is decoded once at most (a JPEG not even that: its decoder skips the detail)
+    and shrunk before anything else touches it: rotating, converting and encoding work on the swatch
+    as stored, not on the 25 MP a phone or a hostile client sends."""
     if not data:
         raise HTTPException(422, "the file is empty")
     try:
@@ -135,8 +144,7 @@ def sanitize_image(data: bytes, max_pixels: int) -> CleanImage:
         if image.format != "MPO" and _trailing_bytes(data, image.format).strip(b"\x00"):
             raise HTTPException(422, "the file carries extra data after the image (a polyglot file): upload a plain image")
         try:
-            image.load()
-            upright = ImageOps.exif_transpose(image)
+            upright = ImageOps.exif_transpose(downscaled(decode_reduced(image)))
         except (OSError, SyntaxError, ValueError):
             raise HTTPException(422, "the image is truncated or corrupt") from None
         extension, content_type, save = FORMATS[image.format]
@@ -149,6 +157,21 @@ def sanitize_image(data: bytes, max_pixels: int) -> CleanImage:
     return CleanImage(buffer.getvalue(), extension, content_type, *clean.size)
 
 
+async def clean_upload(services: Services, data: bytes) -> CleanImage:
+    """`sanitize_image` on a thread, in one of the replica's decode slots, or a 503 when all are taken.
+
+    A full-size PNG still decodes whole (~75 MB for 25 MP) and takes a core for a second, so a burst of
+    them would grow the replica's memory and starve its other routes; refused at once, the client
+    retries after `Retry-After` while the replica serves everyone else."""
+    if not services.upload_decodes.acquire(blocking=False):
+        metrics.refused("upload_decodes_busy")
+        raise HTTPException(503, "busy decoding other uploads, retry shortly", headers={"Retry-After": "1"})
+    try:
+        return await asyncio.to_thread(sanitize_image, data, services.settings.upload_max_pixels)
+    finally:
+        services.upload_decodes.release()
+
+
 def store_upload(storage: Storage, settings: Settings, image: CleanImage) -> UploadOut:
     """Keep a clean image under `temp-uploads/` (it expires after `upload_ttl_hours`)."""
     key = f"{UPLOAD_PREFIX}{uuid.uuid4()}.{image.extension}"
@@ -158,18 +181,3 @@ def store_upload(storage: Storage, settings: Settings, image: CleanImage) -> Upl
         logger.exception("storing upload %s failed", key)
         raise HTTPException(503, "storage unavailable, retry shortly") from None
     return UploadOut(swatch_url=url, expires_at=datetime.now(timezone.utc) + timedelta(hours=settings.upload_ttl_hours))
-
-
-def resolve_swatch(services: Services, url: str, collection: str | None) -> str:
-    """Map a client's swatch_url back to a key of ours, or refuse it. Nothing is ever fetched."""
-    key = services.storage.key_for_url(url)
-    allowed = key is not None and (key.startswith(UPLOAD_PREFIX) or (collection and key.startswith(collection + "/")))
-    if not allowed:
-        raise HTTPException(422, "swatch_url must be a swatch URL issued by this service (an upload or a catalog swatch)")
-    modified = services.storage.modified_at(key)
-    if modified is None:
-        raise HTTPException(422, "swatch_url refers to a swatch that does not exist or has expired")
-    ttl = timedelta(hours=services.settings.upload_ttl_hours)
-    if key.startswith(UPLOAD_PREFIX) and modified + ttl < datetime.now(timezone.utc):
-        raise HTTPException(422, "swatch_url refers to an upload that has expired: upload the swatch again")
-    return key

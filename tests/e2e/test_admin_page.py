@@ -8,6 +8,9 @@ import time
 import pytest
 from sqlalchemy import text
 
+from db.job_failures import NOT_IN_CATALOG
+from tests.e2e.conftest import wait_until
+
 pytestmark = pytest.mark.integration
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino"}
@@ -60,7 +63,7 @@ def test_a_color_added_by_an_admin_is_offered_in_the_shop(visit, admin_account, 
     assert page.locator("#color-lino-verde-salvia").is_checked()
     card = page.locator(".fabric-card.selected")
     assert card.locator(".fabric-color-name").inner_text() == "Verde salvia · 210L-0999"
-    page.wait_for_function("document.querySelector('.fabric-card.selected .fabric-swatch').naturalWidth > 0")
+    wait_until(page, "document.querySelector('.fabric-card.selected .fabric-swatch').naturalWidth > 0")
     visit.shot("shop-offers-new-color")
 
 
@@ -77,7 +80,7 @@ def test_an_admin_uploads_a_swatch_photo_for_a_color(visit, admin_account):
     row.locator('input[type="file"]').set_input_files(
         {"name": "tweed.png", "mimeType": "image/png", "buffer": _plaid_png()})
     alert = page.get_by_role("alert")
-    page.wait_for_function("document.getElementById('notice').textContent.length > 0")
+    wait_until(page, "document.getElementById('notice').textContent.length > 0")
     visit.shot("swatch-uploaded")
     assert alert.inner_text().startswith("New swatch photo for"), alert.inner_text()
     after = page.locator('details.family[data-family="tweed"] form.color-row').first.locator("img.swatch-thumb")
@@ -93,9 +96,10 @@ def _failed_job(service, service_sessions) -> str:
             assert time.monotonic() < deadline, "the job did not finish"
             time.sleep(0.3)
     with service_sessions.begin() as session:
-        session.execute(text("UPDATE generation_jobs SET status='failed', error_message=:why, result_urls=NULL, "
-                             "cut_progress='{}'::jsonb WHERE job_id=:j"),
-                        {"j": job_id, "why": "fabric lana-fria/lana-fria-azul-marino is no longer in the catalog"})
+        session.execute(text("UPDATE generation_jobs SET status='failed', error_message=:code, error_detail=:why, "
+                             "result_urls=NULL, cut_progress='{}'::jsonb WHERE job_id=:j"),
+                        {"j": job_id, "code": NOT_IN_CATALOG.message,
+                         "why": "NotInCatalog: fabric lana-fria/lana-fria-azul-marino is no longer in the catalog"})
     return job_id
 
 
@@ -145,9 +149,15 @@ def test_a_failed_job_is_found_in_the_history_and_retried(phone_visit, admin_acc
     filters.get_by_label("Status").select_option("failed")
     filters.get_by_role("button", name="Show jobs").click()
     row = page.locator(f'tr[data-job="{job_id}"]')
-    row.wait_for()
+    # The first, unfiltered load lists this job too (among the shared service's completed ones): wait for
+    # the search's answer, every listed row failed, rather than for the row alone.
+    wait_until(page, "(() => { const pills = [...document.querySelectorAll('tbody .status-pill')];"
+                     " return pills.length > 0 && pills.every(pill => pill.textContent.trim() === 'failed'); })()")
     assert set(page.locator("tbody .status-pill").all_inner_texts()) == {"failed"}
-    assert "no longer in the catalog" in row.inner_text() and row.locator(".status-pill").inner_text() == "failed"
+    assert row.count() == 1
+    assert row.locator(".error-text").inner_text() == NOT_IN_CATALOG.message  # the code, and for admins the reason:
+    assert "no longer in the catalog" in row.locator(".error-detail").inner_text()
+    assert row.locator(".status-pill").inner_text() == "failed"
     row.scroll_into_view_if_needed()
     phone_visit.shot("failed-job-listed")
     row.get_by_role("button", name="Retry").click()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -51,3 +53,33 @@ def test_only_the_exact_admin_path_is_the_page():
     assert client.post("/admin/login").json() == {"route": "admin api"}
     assert client.get("/admin/fabrics").status_code == 404  # the API's, not ours
     assert client.get("/static/../__init__.py").status_code == 404
+
+
+@pytest.mark.integration
+def test_the_launched_service_sends_the_security_headers_on_pages_media_and_api(service):
+    """Through the ingress as `make run` launches it (HAProxy or Serve's proxy in front of the app)."""
+    with service.client() as client:
+        swatch = client.get("/catalog").json()["families"][0]["colors"][0]["swatch_url"]
+        for path in ("/", "/admin", "/static/admin.js", swatch, "/catalog", "/jobs/no-such-job", "/docs"):
+            response = client.get(path)
+            assert response.status_code in (200, 404), path
+            assert response.headers["x-content-type-options"] == "nosniff", path
+            assert response.headers["x-frame-options"] == "DENY", path
+            assert response.headers["referrer-policy"] == "no-referrer", path
+            policy = {name: values for name, *values in (part.split() for part in
+                                                          response.headers["content-security-policy"].split(";"))}
+            assert policy["frame-ancestors"] == ["'none'"], path
+            assert "'unsafe-inline'" not in policy["script-src"] and "'self'" in policy["script-src"], path
+
+
+@pytest.mark.integration
+def test_an_inline_script_is_refused_and_reported(visit, service):
+    """The check every browser test ends with: a script injected inline is refused, and the refusal is seen."""
+    page = visit.page
+    page.goto("/")
+    page.evaluate("""() => { const s = document.createElement("script"); s.textContent = "window.ran = true";
+                             document.body.append(s); }""")
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => window.ran === undefined")
+    assert any("Content Security Policy" in text for text in visit.csp_violations)
+    visit.csp_violations.clear()  # seen and expected: the fixture fails a test on any other

@@ -8,6 +8,8 @@ import time
 import pytest
 from PIL import Image, ImageDraw
 
+from tests.e2e.conftest import wait_until
+
 pytestmark = pytest.mark.integration
 
 OLIVE = "lino-oliva"  # Lino Irlandés, Oliva
@@ -29,7 +31,11 @@ def _job(service, page) -> dict:
 
 
 def _wait_for_renders(page) -> None:
+    """The settled state: the job completed and every slot shows its render, loaded (the page swaps a
+    render in only once it has loaded, so a slot keeps its preview until then)."""
     page.locator('#job-status[data-status="completed"]').wait_for(timeout=RENDER_TIMEOUT_MS)
+    wait_until(page, """() => [...document.querySelectorAll('img.render')].every(
+        i => i.dataset.stage === 'render' && i.complete && i.naturalWidth > 0)""", timeout=RENDER_TIMEOUT_MS)
 
 
 def _shown(page, selector: str) -> list[dict]:
@@ -79,7 +85,6 @@ def test_two_cuts_render_and_replace_what_was_shown_with_download_links(visit, s
     _wait_for_renders(page)
     job = _job(service, page)
     assert job["status"] == "completed" and job["color_id"] == OLIVE and job["cuts"] == ["recto", "cruzado"]
-    page.wait_for_function("[...document.querySelectorAll('img.render')].every(i => i.complete && i.naturalWidth > 0)")
     shown = _shown(page, "img.render")
     assert [s["src"] for s in shown] == job["result_urls"] and all(s["loaded"] for s in shown), shown
     links = [a.get_attribute("href") for a in page.get_by_role("link", name="Download").all()]
@@ -95,7 +100,8 @@ def test_previews_appear_within_a_second_of_asking(visit, service):
     started = time.monotonic()
     page.get_by_role("button", name="Render my suit").click()
     try:
-        page.wait_for_function(
+        wait_until(
+            page,
             """() => { const imgs = [...document.querySelectorAll('img.render')];
                        return imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
             timeout=1000)
@@ -130,7 +136,7 @@ def test_an_uploaded_swatch_is_shown_and_used_for_the_render(visit, service):
         {"name": "my-tartan.png", "mimeType": "image/png", "buffer": _plaid_png()})
     thumb = page.get_by_role("img", name="Your swatch photo")
     thumb.wait_for()
-    page.wait_for_function("document.querySelector('.swatch-thumb').naturalWidth > 0")
+    wait_until(page, "document.querySelector('.swatch-thumb').naturalWidth > 0")
     assert "will be used for the render" in page.locator("#swatch-status").inner_text()
     uploaded = thumb.get_attribute("src")
     assert "/temp-uploads/" in uploaded
@@ -163,7 +169,7 @@ def test_a_too_large_file_and_a_text_file_posing_as_jpeg_are_refused_in_plain_wo
         data.items.add(new File(["this is not a photo, just text\\n"], "notes.jpg", {type: "image/jpeg"}));
         document.getElementById("dropzone").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
     }""")
-    page.wait_for_function("document.getElementById('swatch-error').textContent.includes('refused')")
+    wait_until(page, "document.getElementById('swatch-error').textContent.includes('refused')")
     text = notice.inner_text()
     assert text == "The photo was refused: Not an image we can read: upload a JPEG, PNG or WebP file.", text
     assert page.locator("#swatch-status img").count() == 0

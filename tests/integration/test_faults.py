@@ -13,15 +13,17 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from db.migrate import upgrade
-from serve_app.launcher import Launched, serve
+from serve_app.launcher import Launched
 from tests.integration.conftest import UNLIMITED
 from tests.integration.test_service import NAVY
+from tests.services import Services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,12 +52,15 @@ class FaultService:
         raise AssertionError(f"no single {title} replica: {self.launched.processes(title)}")
 
     def objects(self, job: dict) -> list[str]:
-        folder = self.data_dir / "storage" / "generated" / job["family_id"] / job["color_id"] / job["job_id"]
+        """The files in the folder of the job's results (named by its random result token, not its id)."""
+        folders = {PurePosixPath(urlsplit(url).path.split("/media/", 1)[1]).parent for url in job["result_urls"]}
+        assert len(folders) == 1, job["result_urls"]
+        folder = self.data_dir / "storage" / folders.pop()
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".part-"))
 
 
 @pytest.fixture(scope="module")
-def faulty(tmp_path_factory) -> Iterator[FaultService]:
+def faulty(services: Services, tmp_path_factory) -> Iterator[FaultService]:
     import pgserver
 
     root = tmp_path_factory.mktemp("faults")
@@ -67,7 +72,7 @@ def faulty(tmp_path_factory) -> Iterator[FaultService]:
                 "cut_retry_seconds": 0.5, "runner_concurrency": 16, **UNLIMITED}
     # One generator replica whatever the burst: the kill test needs the replica it kills to be the only one.
     single = {"SdxlTurboGenerator": {"num_replicas": None, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}
-    with serve(root, settings, deployment_options=single) as launched:
+    with services.own(root, settings, deployment_options=single) as launched:
         yield FaultService(launched, root / "data", postgres)
     postgres.cleanup()
 
@@ -137,29 +142,29 @@ def test_burst_of_300_jobs_from_30_clients_all_complete_once(faulty):
     assert growth < 150, f"runner RSS grew by {growth:.0f} MB over 300 jobs"
 
 
-def test_generator_killed_mid_job_the_jobs_still_complete(faulty):
+def _kill_the_replica_mid_job(faulty, deployment: str, in_flight: int) -> list[dict]:
+    """SIGKILLs `deployment`'s only replica while `in_flight` jobs are queued or running, then checks
+    what must hold whichever replica died: every job completes with exactly one object per cut, and
+    Serve replaced the replica. The jobs' final bodies."""
     with faulty.client() as client:
-        job_ids = submit_until_in_flight(client, 8)
-        victim = faulty.only(GENERATOR)
+        job_ids = submit_until_in_flight(client, in_flight)
+        victim = faulty.only(deployment)
         os.kill(victim, signal.SIGKILL)
         finals = wait_all(client, job_ids)
     assert [f["status"] for f in finals] == ["completed"] * len(job_ids)
-    assert faulty.only(GENERATOR) != victim  # Serve replaced the replica
+    assert faulty.only(deployment) != victim  # Serve replaced the replica
     for final in finals:
-        assert faulty.objects(final) == ["cruzado.jpg", "recto.jpg"]
+        assert faulty.objects(final) == ["cruzado.jpg", "recto.jpg"]  # exactly one object per cut
+    return finals
+
+
+def test_generator_killed_mid_job_the_jobs_still_complete(faulty):
+    _kill_the_replica_mid_job(faulty, GENERATOR, 8)
 
 
 def test_runner_killed_mid_job_the_lease_expires_and_the_job_completes_once(faulty):
-    with faulty.client() as client:
-        job_ids = submit_until_in_flight(client, 12)
-        victim = faulty.only(RUNNER)
-        os.kill(victim, signal.SIGKILL)
-        finals = wait_all(client, job_ids)
-    assert [f["status"] for f in finals] == ["completed"] * len(job_ids)
-    assert faulty.only(RUNNER) != victim
+    finals = _kill_the_replica_mid_job(faulty, RUNNER, 12)
     assert max(f["attempts"] for f in finals) >= 2  # at least one job was rescued after its lease expired
-    for final in finals:
-        assert faulty.objects(final) == ["cruzado.jpg", "recto.jpg"]  # exactly one object per cut
 
 
 def test_postgres_restart_gives_503s_then_every_accepted_job_completes(faulty):

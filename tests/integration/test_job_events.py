@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
 import pytest
+
+from serve_app.generation.event_stream import EventStreamReader
 
 pytestmark = pytest.mark.integration
 
@@ -25,17 +26,11 @@ def follow(client: httpx.Client, job_id: str, timeout: float = 180) -> tuple[lis
         with client.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=timeout) as response:
             assert response.status_code == 200, response.read()
             assert response.headers["content-type"].startswith("text/event-stream")
-            fields: dict[str, str] = {}
+            reader = EventStreamReader()
             for line in response.iter_lines():
-                if line:
-                    if not line.startswith(":"):
-                        name, _, value = line.partition(": ")
-                        fields[name] = value
-                    continue
-                if "data" in fields:
-                    events.append({"event": fields["event"], "id": int(fields["id"]), "raw": fields["data"],
-                                   "data": json.loads(fields["data"])})
-                fields = {}
+                event = reader.line(line)
+                if event is not None and "data" in event:
+                    events.append(event)
         if events and events[-1]["data"]["status"] in ("completed", "failed", "canceled"):
             return events, requests
     raise AssertionError(f"job {job_id} not final after {timeout}s: {[e['data']['status'] for e in events]}")

@@ -24,10 +24,11 @@ from sqlalchemy import func, update
 from db import jobs
 from db.engine import make_engine, make_sessionmaker
 from db.models import GenerationJob
-from serve_app.launcher import Launched, serve
+from serve_app.launcher import Launched
 from tests.conftest import fresh_database
 from tests.integration.conftest import IMAGE_SIZE
 from tests.integration.test_service import NAVY
+from tests.services import Services
 
 # The module's cluster starts inside its first test's time; on a busy shared machine that alone can take minutes.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -40,14 +41,15 @@ Samples = Counter  # (series name, frozenset of (label, value)) -> value, summed
 
 
 @pytest.fixture(scope="module")
-def metered(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Launched, str]]:
+def metered(services: Services, server_url: str,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Launched, str]]:
     root = tmp_path_factory.mktemp("metered")
     with fresh_database(server_url) as url, pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_metrics_report_interval_ms", str(REPORT_INTERVAL_MS))
         settings = {"database_url": url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
                     "image_size": IMAGE_SIZE, "poll_seconds": 0.5, "max_pending_jobs": 1, "backlog_recount_seconds": 0,
                     "rate_limit_generate": "1000/minute", "rate_limit_upload": "1/minute"}
-        with serve(root, settings, startup_timeout=480) as launched:  # a shared 2-core machine can be slow
+        with services.own(root, settings, startup_timeout=480) as launched:  # a shared 2-core machine can be slow
             yield launched, url
 
 

@@ -4,35 +4,36 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from urllib.parse import urlparse
 
 import httpx
 import pytest
 from PIL import Image
 
-from serve_app.launcher import serve
 from tests.conftest import fresh_database
 from tests.integration.conftest import IMAGE_SIZE, UNLIMITED
 from tests.integration.test_service import NAVY, _wait
+from tests.services import Services
 from tests.upload_files import image_bytes
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def s3_service(server_url, s3_server, tmp_path_factory) -> Iterator[tuple[str, str]]:
+def s3_service(services: Services, server_url, s3_server, tmp_path_factory) -> Iterator[tuple[str, str]]:
     """A second service with its own database, so the first one's runner never takes its jobs."""
     with fresh_database(server_url) as database_url:
-        yield from _s3_service(database_url, s3_server, tmp_path_factory)
+        yield from _s3_service(services, database_url, s3_server, tmp_path_factory)
 
 
-def _s3_service(database_url, s3_server, tmp_path_factory) -> Iterator[tuple[str, str]]:
+def _s3_service(services: Services, database_url, s3_server, tmp_path_factory) -> Iterator[tuple[str, str]]:
     bucket = s3_server.new_bucket()
     root = tmp_path_factory.mktemp("s3-service")
     settings = {"database_url": database_url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
                 "image_size": IMAGE_SIZE, "poll_seconds": 0.5, "storage_backend": "s3", "s3_bucket": bucket,
                 "s3_endpoint_url": s3_server.endpoint_url, "s3_region": "us-east-1",
                 "s3_access_key_id": "testing", "s3_secret_access_key": "testing", **UNLIMITED}
-    with serve(root, settings) as launched:
+    with services.own(root, settings) as launched:
         yield launched.base_url, bucket
 
 
@@ -54,16 +55,19 @@ def test_upload_job_and_results_live_in_the_bucket(s3_service, s3_server):
 
     keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     job_id = final["job_id"]
-    expected = {f"generated/lana-fria/lana-fria-azul-marino/{job_id}/{cut}.jpg" for cut in ("recto", "cruzado")}
+    result_keys = [urlparse(url).path.split(f"/{bucket}/", 1)[1] for url in final["result_urls"]]
+    assert [key.rsplit("/", 1)[1] for key in result_keys] == ["recto.jpg", "cruzado.jpg"]
+    assert all(key.startswith("generated/lana-fria/lana-fria-azul-marino/") and job_id not in key for key in result_keys)
+    expected = set(result_keys)
     assert expected <= keys
     assert any(k.startswith("temp-uploads/") and k.endswith(".webp") for k in keys)
     assert "SASTRE 2026-27/095T-0121.png" in keys  # catalog swatches were put into the configured storage
     for key in expected:
         assert s3.head_object(Bucket=bucket, Key=key)["ContentType"] == "image/jpeg"
-    for url, cut in zip(final["result_urls"], ("recto", "cruzado")):
+    for url, key in zip(final["result_urls"], result_keys):
         response = httpx.get(url)
         assert response.status_code == 200
-        assert response.content == s3.get_object(Bucket=bucket, Key=f"generated/lana-fria/lana-fria-azul-marino/{job_id}/{cut}.jpg")["Body"].read()
+        assert response.content == s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         with Image.open(io.BytesIO(response.content)) as image:
             assert image.format == "JPEG" and image.size == (IMAGE_SIZE, IMAGE_SIZE)
     assert httpx.get(catalog_url).status_code == 200

@@ -19,17 +19,18 @@ import httpx
 import pytest
 
 from serve_app.cli import main
-from serve_app.launcher import ROOT, Launched, serve
+from serve_app.launcher import ROOT, Launched
 from serve_app.scaling import ServeApi, ray_token
 from tests.conftest import fresh_database
 from tests.integration.conftest import IMAGE_SIZE, UNLIMITED
 from tests.integration.test_service import NAVY, _wait
+from tests.services import Services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GENERATOR = "SdxlTurboGenerator"
 # One replica per cut of work: 0.1 cuts/s each, to be drained within 10 s.
-POLICY = {"policy_function": "serve_app.autoscaling:BacklogPolicy",
+POLICY = {"policy_function": "serve_app.jobqueue.autoscaling:BacklogPolicy",
           "policy_kwargs": {"cuts_per_second": 0.1, "drain_seconds": 10}}
 DEPLOYMENTS = {
     GENERATOR: {"num_replicas": None, "ray_actor_options": {"num_cpus": 0.1, "num_gpus": 0},
@@ -72,13 +73,13 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(server_url, tmp_path_factory) -> Iterator[Cluster]:
+def cluster(services: Services, server_url, tmp_path_factory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("scaling")
     stall_file = root / "stall-the-generator"
     with fresh_database(server_url) as database_url:
         settings = {"database_url": database_url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
                     "image_size": IMAGE_SIZE, "poll_seconds": 0.5, "fault_stall_file": str(stall_file), **UNLIMITED}
-        with serve(root, settings, dashboard=True, app_options={"autoscaling_policy": POLICY},
+        with services.own(root, settings, dashboard=True, app_options={"autoscaling_policy": POLICY},
                    deployment_options=DEPLOYMENTS) as launched:
             yield Cluster(launched, stall_file)
 

@@ -19,9 +19,10 @@ from sqlalchemy.orm import sessionmaker
 
 from db import jobs
 from db.engine import make_engine, make_sessionmaker
-from serve_app.launcher import Launched, serve
+from serve_app.launcher import Launched
 from tests.conftest import fresh_database
 from tests.integration.test_service import NAVY, _wait
+from tests.services import Services
 from tests.storage_faults import FaultProxy, MotoServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -69,7 +70,7 @@ class FaultyStore:
 
 
 @pytest.fixture(scope="module")
-def store(server_url, tmp_path_factory) -> Iterator[FaultyStore]:
+def store(services: Services, server_url, tmp_path_factory) -> Iterator[FaultyStore]:
     moto = MotoServer()
     proxy = FaultProxy(moto.port)
     bucket = "faulty-store"
@@ -84,7 +85,7 @@ def store(server_url, tmp_path_factory) -> Iterator[FaultyStore]:
                     "s3_secret_access_key": "testing", "stage_timeout_seconds": STAGE_TIMEOUT, "cut_attempts": 12,
                     "cut_retry_seconds": 0.5, "fault_stall_file": str(stall_file)}
         try:
-            with serve(root, settings) as launched:
+            with services.own(root, settings) as launched:
                 yield FaultyStore(launched, make_sessionmaker(engine), moto, proxy, bucket, stall_file)
         finally:
             engine.dispose()

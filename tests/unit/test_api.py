@@ -15,9 +15,10 @@ from db.engine import make_engine, make_sessionmaker
 from deployments.storage import LocalStorage
 from serve_app.deps import Services
 from serve_app.web import create_app
-from serve_app.backpressure import BacklogGate
+from serve_app.jobqueue.backpressure import BacklogGate
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.settings import Settings
+from tests.job_rows import queue_job
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
 
@@ -116,7 +117,7 @@ def test_the_backlog_gate_recounts_in_the_background_never_on_the_request(api, s
         engine = api.hot
         seen = [await gate.is_full(engine)]  # the first request counts: nothing pending
         with sessions.begin() as s:
-            jobs.create_job(s, family_id="f", color_id="c", cuts=["recto"], seed=1, swatch_url=None, swatch_key=None)
+            queue_job(s, cuts=["recto"], seed=1, swatch_url=None, swatch_key=None)
         seen.append(await gate.is_full(engine))  # within the TTL: the verdict it has, no query
         await asyncio.sleep(0.35)
         seen.append(await gate.is_full(engine))  # stale: answers at once, recounts in the background

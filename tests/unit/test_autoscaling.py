@@ -12,7 +12,7 @@ from ray.serve.autoscaling_policy import _apply_app_level_autoscaling_config
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from db.jobs import Backlog
-from serve_app.autoscaling import BacklogPolicy, backlog_stats, generator_replicas
+from serve_app.jobqueue.autoscaling import BacklogPolicy, backlog_stats, generator_replicas
 
 GENERATOR = DeploymentID("SdxlTurboGenerator", "sastre")
 RUNNER = DeploymentID("JobRunner", "sastre")

@@ -6,10 +6,11 @@ from sqlalchemy import func, update
 
 from db import jobs
 from db.models import GenerationJob
+from tests.job_rows import queue_job
 
 
 def _job(session, cuts: list[str], minutes_old: float = 0) -> str:
-    job = jobs.create_job(session, family_id="f", color_id="c", cuts=cuts, seed=1, swatch_url=None, swatch_key=None)
+    job = queue_job(session, cuts=cuts, seed=1, swatch_url=None, swatch_key=None)
     if minutes_old:
         session.execute(update(GenerationJob).where(GenerationJob.job_id == job.job_id)
                         .values(created_at=func.now() - func.make_interval(0, 0, 0, 0, 0, minutes_old)))

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from catalog.data import load_catalog, parse_catalog
 from catalog.loader import sync_catalog
-from db.catalog import active_families, find_active_color
+from db.fabrics import active_families, find_active_color
 from catalog.prompts import build_prompt
 from catalog.swatches import render_swatch, swatch_key
 from db.models import Color, FabricFamily

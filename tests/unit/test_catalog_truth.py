@@ -7,7 +7,6 @@ local storage or S3 (boto3 against moto); the prompt is read where the renderer 
 from __future__ import annotations
 
 import io
-from datetime import timedelta
 
 import httpx
 import psycopg
@@ -16,24 +15,19 @@ from PIL import Image
 
 from catalog.data import load_catalog
 from catalog.loader import sync_catalog
-from db import catalog as fabrics
+from db import fabrics
 from db.migrate import upgrade
-from deployments.finishing import Finisher
-from deployments.generation import CutGenerator, SdxlTurboModel
-from deployments.preprocessing import ControlMapper
-from deployments.rendering import RenderChain
+from deployments.generation import CutGenerator
 from deployments.storage import UPLOAD_PREFIX, LocalStorage, S3Storage, Storage
-from serve_app.admin.auth.service import create_user, issue_token
-from serve_app.bootstrap import adopt_swatch_urls, put_catalog_swatches
+from serve_app.bootstrap import adopt_swatch_urls
 from serve_app.deps import Services
-from serve_app.runner import CutTask, JobRunner
+from serve_app.jobqueue.worker import CutTask, JobWorker
 from serve_app.settings import Settings
 from tests.conftest import fresh_database
+from tests.in_process import ADMIN_SECRET, admin_headers, catalog_services, job_worker, render_chain, run_job
 from tests.unit.test_api import call
-from tests.unit.test_swatch_ownership import _run
 from tests.upload_files import image_bytes
 
-SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 COLLECTION = "SASTRE 2026-27"
 VELVET = {"family_id": "terciopelo", "display_name": "Terciopelo de seda", "fabric": "silk velvet"}
 BURGUNDY = {"color_id": "terciopelo-burdeos", "name": "Burdeos", "english": "deep burgundy red",
@@ -54,44 +48,31 @@ class Recording:
         return await self.inner.render(task)
 
 
-@pytest.fixture(scope="module")
-def model() -> SdxlTurboModel:
-    return SdxlTurboModel.from_profile("tiny-random", device="cpu")
-
-
 @pytest.fixture
 def service(request, sessions, database_url, tmp_path, model):
     """The app and the runner on local storage, or on S3 where a test asks with `ON_BOTH_STORAGES`."""
-    catalog = load_catalog()
-    with sessions.begin() as s:
-        sync_catalog(s, catalog)
-        token = issue_token(create_user(s, "ops-admin", "a long enough password"), SECRET, timedelta(minutes=5))
     if getattr(request, "param", "local") == "local":
         storage: Storage = LocalStorage(tmp_path, "http://testserver/media")
     else:
         s3_server = request.getfixturevalue("s3_server")
         storage = S3Storage(s3_server.new_bucket(), endpoint_url=s3_server.endpoint_url, region="us-east-1",
                             access_key_id="testing", secret_access_key="testing")
-    put_catalog_swatches(storage, catalog)
-    services = Services(settings=Settings(data_dir=tmp_path), sessions=sessions, storage=storage, catalog=catalog,
-                        jwt_secret=SECRET)
-    renderer = Recording(RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage),
-                                                "canny", 64, stage_timeout_s=60))
-    runner = JobRunner(sessions, database_url, catalog, renderer, concurrency=2, lease_seconds=10, poll_seconds=0.2,
-                       storage=storage, cut_attempts=1)
-    return services, runner, {"Authorization": f"Bearer {token}"}
+    services = catalog_services(sessions, storage, Settings(data_dir=tmp_path), jwt_secret=ADMIN_SECRET)
+    renderer = Recording(render_chain(CutGenerator(model, storage), storage))
+    runner = job_worker(sessions, database_url, services.catalog, renderer, storage=storage, cut_attempts=1)
+    return services, runner, admin_headers(sessions)
 
 
-def _render(services: Services, runner: JobRunner, sessions, color_id: str, family_id: str = "terciopelo"):
+def _render(services: Services, runner: JobWorker, sessions, color_id: str, family_id: str = "terciopelo"):
     accepted = call(services, "POST", "/generate", json={"family_id": family_id, "color_id": color_id,
                                                          "cuts": ["recto"], "seed": 11})
     assert accepted.status_code == 202, accepted.text
-    job = _run(runner, sessions, accepted.json()["job_id"])
+    job = run_job(runner, sessions, accepted.json()["job_id"])
     assert job.status == "completed", job.error_message
     return job, runner.renderer.tasks[-1]
 
 
-def _assert_renders_with_its_swatch(services: Services, runner: JobRunner, sessions, color_id: str) -> CutTask:
+def _assert_renders_with_its_swatch(services: Services, runner: JobWorker, sessions, color_id: str) -> CutTask:
     job, task = _render(services, runner, sessions, color_id)
     assert job.cut_progress["recto"]["ip_adapter_fallback"] is False  # the swatch was there: its fabric shows
     return task

@@ -13,7 +13,7 @@ from ray.serve.config import AutoscalingPolicy
 from ray.serve.schema import ServeDeploySchema
 
 from deployments.model_sources import ModelSources
-from serve_app.autoscaling import BacklogPolicy
+from serve_app.jobqueue.autoscaling import BacklogPolicy
 from serve_app.cli import LOCAL_CONFIG
 from serve_app.settings import Settings
 
@@ -85,3 +85,28 @@ def test_model_sources_default_to_the_published_weights_and_follow_the_settings(
     assert Settings(data_dir=tmp_path).model_sources() == ModelSources()
     local = Settings(data_dir=tmp_path, base_model=str(tmp_path / "turbo"), vae_model="").model_sources()
     assert (local.base, local.vae, local.controlnet) == (str(tmp_path / "turbo"), "", ModelSources.controlnet)
+
+
+def test_every_deployment_bounds_its_queue_and_checks_its_health_as_the_code_declares():
+    """The configs override the decorators, so each states the bounds too; they must say what the code says."""
+    from deployments.replica_health import HEALTH_CHECK
+    from deployments.serving import ControlNetPreprocessor, Finisher, SdxlTurboGenerator
+    from serve_app.ingress import Ingress
+    from serve_app.jobqueue.job_runner import JobRunner
+
+    declared = {d.name: d for d in (Ingress, JobRunner, ControlNetPreprocessor, SdxlTurboGenerator, Finisher)}
+    assert {name: d.max_queued_requests for name, d in declared.items()} == {
+        "Ingress": 100, "JobRunner": 8, "ControlNetPreprocessor": 64, "SdxlTurboGenerator": 64, "Finisher": 64}
+    assert declared["Ingress"].backpressure_config.retry_after_s == 2  # Retry-After on its 503s
+    for path in (ROOT / "serve_config.yaml", LOCAL_CONFIG):
+        deployments = _deployments(ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())))
+        assert set(deployments) == set(declared), path
+        for name, deployment in deployments.items():
+            code = declared[name]
+            assert deployment.max_queued_requests == code.max_queued_requests, (path.name, name)
+            assert {"health_check_period_s": deployment.health_check_period_s,
+                    "health_check_timeout_s": deployment.health_check_timeout_s} == HEALTH_CHECK, (path.name, name)
+            assert code._deployment_config.health_check_period_s == HEALTH_CHECK["health_check_period_s"], name
+            assert code._deployment_config.health_check_timeout_s == HEALTH_CHECK["health_check_timeout_s"], name
+        ingress = deployments["Ingress"].backpressure_config
+        assert (ingress.status_code, ingress.retry_after_s) == (503, 2), path.name

@@ -15,22 +15,16 @@ import pytest
 from catalog.data import load_catalog
 from catalog.loader import sync_catalog
 from db import jobs
-from deployments.finishing import Finisher
-from deployments.generation import CutGenerator, SdxlTurboModel
-from deployments.preprocessing import ControlMapper
-from deployments.rendering import RenderChain
+from db.job_failures import RENDER_FAILED
+from deployments.generation import CutGenerator
 from deployments.storage import S3Storage
 from serve_app.bootstrap import put_catalog_swatches
-from serve_app.runner import JobRunner
+from serve_app.jobqueue.worker import JobWorker
+from tests.in_process import finished, job_worker, render_chain, run_job, running, wait_for_job
 from tests.storage_faults import FaultProxy, MotoServer
 
 SWATCH = "SASTRE 2026-27/095T-0121.png"  # lana-fria-azul-marino's catalog swatch
 STAGE_TIMEOUT = 2.0
-
-
-@pytest.fixture(scope="module")
-def model() -> SdxlTurboModel:
-    return SdxlTurboModel.from_profile("tiny-random", device="cpu")
 
 
 @pytest.fixture
@@ -65,47 +59,15 @@ def bucket(moto, proxy, sessions):
     return direct, _storage(proxy.endpoint_url, name)
 
 
-def _runner(sessions, database_url, model, swatches, results, cut_attempts=4) -> JobRunner:
-    renderer = RenderChain.in_process(ControlMapper(), CutGenerator(model, swatches), Finisher(results), "canny", 64,
-                                      stage_timeout_s=STAGE_TIMEOUT)
-    return JobRunner(sessions, database_url, load_catalog(), renderer, concurrency=2, lease_seconds=10,
-                     poll_seconds=0.2, cut_attempts=cut_attempts, cut_retry_seconds=0.1)
+def _runner(sessions, database_url, model, swatches, results, cut_attempts=4) -> JobWorker:
+    chain = render_chain(CutGenerator(model, swatches), results, stage_timeout_s=STAGE_TIMEOUT)
+    return job_worker(sessions, database_url, load_catalog(), chain, cut_attempts=cut_attempts, cut_retry_seconds=0.1)
 
 
 def _create(sessions) -> str:
     with sessions.begin() as s:
         return jobs.create_job(s, family_id="lana-fria", color_id="lana-fria-azul-marino", cuts=["recto"], seed=7,
                                swatch_url=None, swatch_key=SWATCH).job_id
-
-
-def _job(sessions, job_id: str):
-    with sessions() as s:
-        return jobs.get_job(s, job_id)
-
-
-async def _until(sessions, job_id: str, done, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = _job(sessions, job_id)
-        if done(job):
-            return job
-        await asyncio.sleep(0.05)
-    job = _job(sessions, job_id)
-    raise AssertionError(f"timed out; the job is {job.status}: {job.cut_progress}")
-
-
-async def _run_until_finished(runner, sessions, job_id: str):
-    """Run the runner until the job has finished (or 60 s have passed), then stop it."""
-    task = asyncio.create_task(runner.run_forever())
-    try:
-        return await _until(sessions, job_id, _finished, 60)
-    finally:
-        runner.stop()
-        await task
-
-
-def _finished(job) -> bool:
-    return job.status in ("completed", "failed")
 
 
 class StoreDownWhileReading:
@@ -134,7 +96,7 @@ def test_a_swatch_read_while_the_store_is_down_is_retried_not_degraded(sessions,
     runner = _runner(sessions, database_url, model, swatches, direct)
     job_id = _create(sessions)
 
-    job = asyncio.run(_run_until_finished(runner, sessions, job_id))
+    job = run_job(runner, sessions, job_id)
     assert swatches.outages == 1
     assert job.status == "completed", job.error_message
     assert job.cut_progress["recto"]["ip_adapter_fallback"] is False  # rendered from the swatch, not without it
@@ -147,31 +109,38 @@ def test_a_deleted_swatch_falls_back_and_is_flagged(sessions, database_url, mode
     runner = _runner(sessions, database_url, model, via_proxy, direct)
     job_id = _create(sessions)
 
-    job = asyncio.run(_run_until_finished(runner, sessions, job_id))
+    job = run_job(runner, sessions, job_id)
     assert job.status == "completed"
     assert job.cut_progress["recto"]["ip_adapter_fallback"] is True
     assert job.cut_progress["recto"]["attempt"] == 1  # a missing swatch is not retried
+
+
+async def _while_reads_stall(proxy: FaultProxy, sessions, job_id: str, done, timeout: float):
+    """Seconds until `done(job)` holds while swatch reads through `proxy` hang, and the job then. Reads
+    flow again afterwards, so the abandoned ones end and the runner can stop."""
+    proxy.set_mode("stall-reads")
+    try:
+        started = time.monotonic()
+        job = await wait_for_job(sessions, job_id, done, timeout)
+        return time.monotonic() - started, job
+    finally:
+        proxy.set_mode("forward")
+
+
+def _on_its_second_attempt(job) -> bool:
+    return job.cut_progress.get("recto", {}).get("attempt", 0) >= 2
 
 
 def test_a_swatch_read_that_never_answers_times_out_and_the_retry_completes(sessions, database_url, model, bucket,
                                                                             proxy):
     direct, via_proxy = bucket
     runner = _runner(sessions, database_url, model, via_proxy, direct)
-    proxy.set_mode("stall-reads")
     job_id = _create(sessions)
 
     async def go():
-        task = asyncio.create_task(runner.run_forever())
-        try:
-            started = time.monotonic()
-            await _until(sessions, job_id, lambda j: j.cut_progress["recto"].get("attempt", 0) >= 2, 30)
-            first_attempt = time.monotonic() - started
-            proxy.set_mode("forward")  # the hang is gone
-            return first_attempt, await _until(sessions, job_id, _finished, 60)
-        finally:
-            proxy.set_mode("forward")
-            runner.stop()
-            await task
+        async with running(runner):
+            first_attempt, _ = await _while_reads_stall(proxy, sessions, job_id, _on_its_second_attempt, 30)
+            return first_attempt, await wait_for_job(sessions, job_id, finished, 60)  # the hang is gone
 
     first_attempt, job = asyncio.run(go())
     assert proxy.stalled >= 1
@@ -183,22 +152,15 @@ def test_a_swatch_read_that_never_answers_times_out_and_the_retry_completes(sess
 def test_a_stage_that_never_answers_fails_the_job_with_the_reason(sessions, database_url, model, bucket, proxy):
     direct, via_proxy = bucket
     runner = _runner(sessions, database_url, model, via_proxy, direct, cut_attempts=2)
-    proxy.set_mode("stall-reads")
     job_id = _create(sessions)
 
     async def go():
-        task = asyncio.create_task(runner.run_forever())
-        try:
-            started = time.monotonic()
-            job = await _until(sessions, job_id, _finished, 30)
-            return time.monotonic() - started, job
-        finally:
-            proxy.set_mode("forward")  # let the abandoned reads end
-            runner.stop()
-            await task
+        async with running(runner):
+            return await _while_reads_stall(proxy, sessions, job_id, finished, 30)
 
     elapsed, job = asyncio.run(go())
     assert job.status == "failed"
-    assert "cut recto failed 2 times" in job.error_message
-    assert f"StageTimeout: generate did not finish within {STAGE_TIMEOUT:g} s" in job.error_message
+    assert job.error_message == RENDER_FAILED.message
+    assert "cut recto failed 2 times" in job.error_detail
+    assert f"StageTimeout: generate did not finish within {STAGE_TIMEOUT:g} s" in job.error_detail
     assert elapsed < 2 * STAGE_TIMEOUT + 5, f"the job stayed processing {elapsed:.1f} s"

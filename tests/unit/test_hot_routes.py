@@ -13,11 +13,11 @@ from sqlalchemy.exc import DBAPIError
 from catalog.data import load_catalog
 from catalog.loader import color_swatch_key, sync_catalog
 from db import jobs
-from db.catalog import color_swatch_key_sql
+from db.fabrics import color_swatch_key_sql
 from db.engine import LoopEngines, make_async_engine
 from db.models import Color, FabricFamily
 from deployments.storage import LocalStorage
-from serve_app.backpressure import BacklogGate
+from serve_app.jobqueue.backpressure import BacklogGate
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.deps import Services, hot_engines
 from serve_app.settings import Settings
@@ -71,8 +71,8 @@ def test_a_post_is_one_statement_and_a_poll_is_one_statement(counted, sessions):
                                   .where(Color.color_id == NAVY["color_id"])).one()
         # the catalog swatch was read by the INSERT itself
         assert job.swatch_key == color_swatch_key(family, color) and job.swatch_key
-        assert job.cut_progress == {"recto": {"status": "pending", "seed": 11},
-                                    "cruzado": {"status": "pending", "seed": 12}}
+        assert job.cut_progress == {}  # the seeds above are the job's plan (seed + place), not stored per cut
+        assert job.swatch_digest is None  # a catalog color's swatch: the runner digests it when it plans the job
 
 
 def test_back_to_back_requests_cost_one_database_round_trip_each(counted, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from serve_app.isolation import socket_path, start_unix_to_tcp, tcp_to_unix
+from serve_app.isolation import caller_of, socket_path, start_unix_to_tcp, tcp_to_unix
 from serve_app.launcher import free_port
 
 
@@ -27,6 +27,7 @@ def test_unix_socket_reaches_the_tcp_port_behind_it(tmp_path):
                 break
             await asyncio.sleep(0.02)
         reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 8000\r\n")
         writer.write(b"GET /health" * 1000)
         await writer.drain()
         writer.write_eof()
@@ -37,14 +38,28 @@ def test_unix_socket_reaches_the_tcp_port_behind_it(tmp_path):
     assert asyncio.run(scenario()) == b"GET /HEALTH" * 1000
 
 
-def test_host_port_reaches_the_unix_socket(tmp_path):
+async def _wait_for(path) -> None:
+    for _ in range(100):
+        if path.exists():
+            return
+        await asyncio.sleep(0.02)
+
+
+def test_host_port_reaches_the_unix_socket_led_by_the_callers_address(tmp_path):
+    """The host side names each connection's caller (127.0.0.24 here, not the bridge's 127.0.0.1) in a
+    PROXY protocol v1 line before the bytes the caller sent."""
     port = free_port()
+    firsts = []
+
+    async def first_line_then_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        firsts.append(await reader.readline())
+        await _echo(reader, writer)
 
     async def scenario() -> bytes:
-        unix = await asyncio.start_unix_server(_echo, str(socket_path(tmp_path, port)))
+        unix = await asyncio.start_unix_server(first_line_then_echo, str(socket_path(tmp_path, port)))
         servers = await tcp_to_unix(tmp_path, [port])
         assert all(s.sockets[0].getsockname()[0] == "127.0.0.1" for s in servers)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.24", 0))
         writer.write(b"post")
         writer.write_eof()
         reply = await reader.read()
@@ -54,6 +69,37 @@ def test_host_port_reaches_the_unix_socket(tmp_path):
         return reply
 
     assert asyncio.run(scenario()) == b"POST"
+    assert caller_of(firsts[0]) == "127.0.0.24"
+    assert firsts[0].startswith(b"PROXY TCP4 127.0.0.24 127.0.0.1 ") and firsts[0].endswith(b" %d\r\n" % port)
+
+
+def test_the_namespace_side_connects_from_the_callers_address_and_drops_a_connection_that_names_none(tmp_path):
+    """What listens inside the namespace sees the caller itself as its peer; without a caller's line
+    (only the host side writes into the socket) nothing is forwarded."""
+    port = free_port()
+    peers = []
+
+    async def record_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername")[0])
+        await _echo(reader, writer)
+
+    async def exchange(first: bytes) -> bytes:
+        reader, writer = await asyncio.open_unix_connection(str(socket_path(tmp_path, port)))
+        writer.write(first + b"body")
+        writer.write_eof()
+        return await reader.read()
+
+    async def scenario() -> tuple[bytes, bytes]:
+        server = await asyncio.start_server(record_peer, "127.0.0.1", port)
+        start_unix_to_tcp(tmp_path, [port])
+        await _wait_for(socket_path(tmp_path, port))
+        named = await exchange(b"PROXY TCP4 127.0.0.31 127.0.0.1 41000 8000\r\n")
+        unnamed = await exchange(b"GET / HTTP/1.1\r\n")
+        server.close()
+        return named, unnamed
+
+    assert asyncio.run(scenario()) == (b"BODY", b"")
+    assert peers == ["127.0.0.31"]
 
 
 def test_a_local_run_puts_haproxy_in_front_only_where_its_ports_stay_on_loopback(tmp_path):

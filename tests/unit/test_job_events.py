@@ -7,7 +7,6 @@ driven directly through db/jobs.py where a test needs each step under its contro
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -16,40 +15,28 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from catalog.data import load_catalog
-from catalog.loader import sync_catalog
 from db import jobs
-from deployments.finishing import Finisher
-from deployments.generation import CutGenerator, SdxlTurboModel
-from deployments.preprocessing import ControlMapper
-from deployments.rendering import RenderChain
+from db.job_failures import RENDER_FAILED
+from deployments.generation import CutGenerator
 from deployments.storage import LocalStorage
-from serve_app.bootstrap import put_catalog_swatches
 from serve_app.deps import Services
+from serve_app.generation.event_stream import EventStreamReader
 from serve_app.generation.events import LISTEN_NAME, READ_NAME
-from serve_app.runner import JobRunner
+from serve_app.jobqueue.worker import JobWorker
 from serve_app.settings import Settings
 from serve_app.web import create_app
+from tests.in_process import catalog_services, job_worker, render_chain
+from tests.job_rows import queue_job
 from tests.servers import uvicorn_serving
 
 TWO_CUTS = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto", "cruzado"], "seed": 11}
 KEEPALIVE = 0.3
 
 
-@pytest.fixture(scope="module")
-def model() -> SdxlTurboModel:
-    return SdxlTurboModel.from_profile("tiny-random", device="cpu")
-
-
 @pytest.fixture
 def services(sessions, tmp_path) -> Services:
-    catalog = load_catalog()
-    with sessions.begin() as s:
-        sync_catalog(s, catalog)
-    storage = LocalStorage(tmp_path, "http://127.0.0.1/media")
-    put_catalog_swatches(storage, catalog)
     settings = Settings(data_dir=tmp_path, events_keepalive_seconds=KEEPALIVE, events_stream_seconds=60)
-    return Services(settings=settings, sessions=sessions, storage=storage, catalog=catalog)
+    return catalog_services(sessions, LocalStorage(tmp_path, "http://127.0.0.1/media"), settings)
 
 
 def serving(services: Services):
@@ -64,21 +51,10 @@ def base_url(services) -> Iterator[str]:
 
 async def sse(response: httpx.Response) -> AsyncIterator[dict]:
     """The server-sent events of a response, as {"comment": …} or {"event", "id", "data", "raw"}."""
-    block: list[str] = []
+    reader = EventStreamReader()
     async for line in response.aiter_lines():
-        if line:
-            block.append(line)
-            continue
-        if not block:
-            continue
-        if all(l.startswith(":") for l in block):
-            yield {"comment": "\n".join(l[1:].strip() for l in block)}
-        else:
-            fields = dict(l.split(": ", 1) for l in block if not l.startswith(":"))
-            if "data" in fields:
-                yield {"event": fields["event"], "id": int(fields["id"]), "data": json.loads(fields["data"]),
-                       "raw": fields["data"]}
-        block = []
+        if (event := reader.line(line)) is not None:
+            yield event
 
 
 def states(events: list[dict]) -> list[tuple]:
@@ -103,12 +79,9 @@ class HoldSecondCut:
         return await self.inner.render(task)
 
 
-def _runner(services: Services, database_url: str, model) -> JobRunner:
-    storage = services.storage
-    renderer = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage), "canny", 64,
-                                      stage_timeout_s=60)
-    return JobRunner(services.sessions, database_url, services.catalog, renderer, concurrency=2, lease_seconds=10,
-                     poll_seconds=0.2)
+def _runner(services: Services, database_url: str, model) -> JobWorker:
+    chain = render_chain(CutGenerator(model, services.storage), services.storage)
+    return job_worker(services.sessions, database_url, services.catalog, chain)
 
 
 def test_a_two_cut_job_streams_pending_processing_each_cut_then_completed_and_closes(services, base_url, database_url,
@@ -348,8 +321,8 @@ def test_every_visible_transition_announces_the_job_without_waking_the_runners(s
             return result, heard(), version
 
         with sessions.begin() as s:
-            job_id = jobs.create_job(s, family_id="lana-fria", color_id="lana-fria-azul-marino", cuts=["recto"],
-                                     seed=1, swatch_url=None, swatch_key=None).job_id
+            job_id = queue_job(s, family_id="lana-fria", color_id="lana-fria-azul-marino", cuts=["recto"],
+                               seed=1, swatch_url=None, swatch_key=None).job_id
         heard()
         events = (jobs.EVENTS_CHANNEL, job_id)
         versions = []
@@ -358,7 +331,7 @@ def test_every_visible_transition_announces_the_job_without_waking_the_runners(s
         versions.append(v)
         assert notes == [events]
         for fn, args in ((jobs.record_cut, (lease, "recto", {"status": "processing", "seed": 1})),
-                         (jobs.fail_job, (lease, "boom"))):
+                         (jobs.fail_job, (lease, RENDER_FAILED, "boom"))):
             _, notes, v = step(fn, *args)
             assert notes == [events], fn.__name__  # progress never wakes the runners
             versions.append(v)
@@ -374,7 +347,7 @@ def test_every_visible_transition_announces_the_job_without_waking_the_runners(s
         claimed, _, v = step(lambda s: jobs.claim_jobs(s, "r", 1, 0.01))
         versions.append(v)
         time.sleep(0.05)
-        rescued, notes, v = step(lambda s: jobs.release_expired_leases(s, backoff_seconds=0))
+        rescued, notes, v = step(lambda s: jobs.release_expired_leases(s, [0.0]))
         assert rescued == [(job_id, "pending")] and notes == [events]
         versions.append(v)
         claimed, _, v = step(lambda s: jobs.claim_jobs(s, "r", 1, 30))
@@ -395,8 +368,8 @@ def test_every_visible_transition_announces_the_job_without_waking_the_runners(s
 def test_a_write_from_an_older_transaction_still_moves_the_version_forward(sessions):
     """Transaction A starts first but writes last (it waited): its version must still be the newer one."""
     with sessions.begin() as s:
-        job_id = jobs.create_job(s, family_id="lana-fria", color_id="lana-fria-azul-marino", cuts=["recto", "cruzado"],
-                                 seed=1, swatch_url=None, swatch_key=None).job_id
+        job_id = queue_job(s, family_id="lana-fria", color_id="lana-fria-azul-marino", cuts=["recto", "cruzado"],
+                           seed=1, swatch_url=None, swatch_key=None).job_id
         lease = jobs.lease_of(jobs.claim_jobs(s, "r", 1, 30)[0])
     older = sessions()
     older.begin()

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine
 from catalog.data import load_catalog
 from catalog.loader import sync_catalog
 from db.engine import LoopEngines, make_async_engine, make_sessionmaker, sqlalchemy_url
+from deployments.replica_health import PROBE_CONNECTIONS
 from deployments.storage import LocalStorage
 from serve_app.deps import Services
 from serve_app.settings import Settings
@@ -105,7 +106,7 @@ def test_300_clients_on_the_sized_pool_while_a_lock_outlasts_the_statement_timeo
         results = asyncio.run(clients(base_url, job_ids, seconds=4))
         locker.join()
     engine = pooled.kw["bind"]
-    assert engine.pool.size() == 8 and engine.pool.overflow() <= 0
+    assert engine.pool.size() == 8 + PROBE_CONNECTIONS and engine.pool.overflow() <= 0  # the threads' and the probe's
     engine.dispose()
     statuses = assert_overload_is_503_with_retry_after(results)
     assert statuses[503] > 0 and statuses[200] > 0 and statuses[202] > 0, statuses

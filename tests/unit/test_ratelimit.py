@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from serve_app.ratelimit import MovingWindows, RateLimits, parse_limits
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from serve_app.edge.ratelimit import MovingWindows, RateLimits, parse_limits
+from tests.fake_clock import Clock
 
 
 def test_a_window_refuses_the_hit_over_the_limit_until_its_oldest_hit_leaves():

@@ -6,35 +6,25 @@ render chain and the tiny-random model; the generator's calls are counted where 
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import io
 from dataclasses import dataclass
-from datetime import timedelta
 
 import pytest
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from catalog.data import load_catalog
-from catalog.loader import sync_catalog
-from db.models import RenderCacheEntry
-from deployments.finishing import Finisher
-from deployments.generation import CutGenerator, SdxlTurboModel
-from deployments.preprocessing import ControlMapper
-from deployments.rendering import RenderChain
+from db.models import GenerationJob, RenderCacheEntry
+from deployments.generation import CutGenerator
 from deployments.storage import LocalStorage
-from serve_app.admin.auth.service import create_user, issue_token
-from serve_app.bootstrap import put_catalog_swatches
 from serve_app.deps import Services
-from serve_app.render_cache import RenderSettings
-from serve_app.runner import JobRunner
+from serve_app.jobqueue.render_cache import RenderSettings
+from serve_app.jobqueue.worker import JobWorker
 from serve_app.settings import Settings
+from tests.in_process import ADMIN_SECRET, admin_headers, catalog_services, job_worker, render_chain, run_job, run_jobs
 from tests.unit.test_api import call
-from tests.unit.test_runner import _drain
-from tests.unit.test_swatch_ownership import _run
 from tests.upload_files import image_bytes
 
-SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino"}
 
 
@@ -57,42 +47,30 @@ class Shop:
     sessions: object
     database_url: str
 
-    def runner(self, **settings) -> JobRunner:
+    def runner(self, **settings) -> JobWorker:
         """A runner over the shared generator; `settings` change what it renders with (and its cache keys)."""
         configured = self.services.settings.model_copy(update=settings)
         storage = self.services.storage
-        chain = RenderChain.in_process(ControlMapper(), self.generator, Finisher(storage), "canny", 64,
-                                       stage_timeout_s=60)
-        return JobRunner(self.sessions, self.database_url, self.services.catalog, chain, concurrency=4,
-                         lease_seconds=10, poll_seconds=0.2, storage=storage, cut_attempts=1,
-                         render=RenderSettings.of(configured))
+        return job_worker(self.sessions, self.database_url, self.services.catalog,
+                          render_chain(self.generator, storage), concurrency=4, storage=storage,
+                          cut_attempts=1, render=RenderSettings.of(configured))
 
-    def job(self, runner: JobRunner | None = None, **body) -> dict:
+    def job(self, runner: JobWorker | None = None, **body) -> dict:
         """POST /generate, run it to the end, and return GET /jobs/{id}."""
         accepted = call(self.services, "POST", "/generate", json={**NAVY, "cuts": ["recto"], "seed": 7, **body})
         assert accepted.status_code == 202, accepted.text
         job_id = accepted.json()["job_id"]
-        assert _run(runner or self.runner(), self.sessions, job_id).status == "completed"
+        assert run_job(runner or self.runner(), self.sessions, job_id).status == "completed"
         return call(self.services, "GET", f"/jobs/{job_id}").json()
-
-
-@pytest.fixture(scope="module")
-def model() -> SdxlTurboModel:
-    return SdxlTurboModel.from_profile("tiny-random", device="cpu")
 
 
 @pytest.fixture
 def shop(sessions, database_url, tmp_path, model) -> Shop:
-    catalog = load_catalog()
-    with sessions.begin() as s:
-        sync_catalog(s, catalog)
-        token = issue_token(create_user(s, "ops-admin", "a long enough password"), SECRET, timedelta(minutes=5))
     storage = LocalStorage(tmp_path, "http://testserver/media")
-    put_catalog_swatches(storage, catalog)
     settings = Settings(data_dir=tmp_path, model_profile="tiny-random", image_size=64)
-    services = Services(settings=settings, sessions=sessions, storage=storage, catalog=catalog, jwt_secret=SECRET)
-    return Shop(services, CountingGenerator(CutGenerator(model, storage)), {"Authorization": f"Bearer {token}"},
-                sessions, database_url)
+    services = catalog_services(sessions, storage, settings, jwt_secret=ADMIN_SECRET)
+    return Shop(services, CountingGenerator(CutGenerator(model, storage)), admin_headers(sessions), sessions,
+                database_url)
 
 
 def _cached(job: dict) -> list[bool | None]:
@@ -110,6 +88,28 @@ def test_the_same_request_twice_is_served_from_the_cache_without_a_generator_cal
     image = call(shop.services, "GET", again["result_urls"][1].removeprefix("http://testserver"))
     with Image.open(io.BytesIO(image.content)) as jpeg:
         assert jpeg.format == "JPEG" and jpeg.size == (64, 64)
+
+
+def test_a_cache_hit_reveals_no_job_id(shop):
+    """A hit hands one job's stored render to another caller; its URL must not lead back to that job (a job
+    id reads, streams and cancels the job), so result keys are named by a random token, not the job id."""
+    first = shop.job(cuts=["recto", "cruzado"])
+    again = shop.job(cuts=["recto", "cruzado"])
+    assert _cached(again) == [True, True] and again["result_urls"] == first["result_urls"]
+    with shop.sessions() as s:
+        job_ids = list(s.scalars(select(GenerationJob.job_id)))
+    assert len(job_ids) == 2
+    for url in again["result_urls"]:
+        key = shop.services.storage.key_for_url(url)
+        assert key.startswith("generated/lana-fria/lana-fria-azul-marino/") and key.endswith(".jpg")
+        for job_id in job_ids:
+            hidden = (job_id, job_id.replace("-", ""), hashlib.sha256(job_id.encode()).hexdigest()[:32],
+                      hashlib.md5(job_id.encode()).hexdigest())
+            assert not any(form in url for form in hidden)
+        for segment in key.split("/"):  # no part of the key is a job id the API knows
+            assert call(shop.services, "GET", f"/jobs/{segment}").status_code == 404
+    tokens = {shop.services.storage.key_for_url(url).split("/")[3] for url in first["result_urls"]}
+    assert len(tokens) == 1 and len(next(iter(tokens))) == 32  # one random name per job, 128 bits
 
 
 def test_only_the_cuts_the_cache_has_skip_the_generator(shop):
@@ -227,9 +227,28 @@ def test_the_catalog_prewarm_queues_exactly_the_missing_views_and_makes_them_ins
     repeated = call(shop.services, "POST", "/admin/renders/prewarm", headers=shop.admin).json()
     assert repeated["enqueued"] == [] and repeated["in_flight"] == 5  # still queued: not again
 
-    asyncio.run(_drain(shop.runner(), shop.sessions, [job["job_id"] for job in body["enqueued"]]))
+    run_jobs(shop.runner(), shop.sessions, [job["job_id"] for job in body["enqueued"]])
     assert shop.generator.calls == 6
     done = call(shop.services, "POST", "/admin/renders/prewarm", headers=shop.admin).json()
     assert (done["enqueued"], done["cached"], done["in_flight"]) == ([], 6, 0)
     default_view = shop.job(color_id="lana-fria-gris-perla", cuts=["cruzado"], seed=seed)
     assert _cached(default_view) == [True] and shop.generator.calls == 6
+
+
+def test_an_entry_that_ages_out_between_its_look_up_and_the_record_is_a_miss(shop):
+    """The prune may delete an entry (and then its image) after a runner found it; the hit is recorded only
+    with the entry still there (same transaction), else the cut renders: never a link to a deleted image."""
+    first = shop.job()
+    runner = shop.runner()
+    found = runner.cache.lookup
+
+    def found_then_pruned(*look_up):
+        hit = found(*look_up)
+        with shop.sessions.begin() as s:
+            s.execute(text("DELETE FROM render_cache"))  # what the prune does to an entry unused too long
+        return hit
+
+    runner.cache.lookup = found_then_pruned
+    again = shop.job(runner)
+    assert shop.generator.calls == 2 and _cached(again) == [False]  # rendered, not pointed at the old image
+    assert again["result_urls"] != first["result_urls"]

@@ -5,24 +5,29 @@ from __future__ import annotations
 import asyncio
 import io
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import event, select, text, update
+from ray.exceptions import ActorDiedError
+from sqlalchemy import event, select
 
-from catalog.data import load_catalog
+from catalog.data import CatalogData, load_catalog
 from catalog.loader import color_swatch_key, sync_catalog
 from catalog.swatches import render_swatch
-from db import jobs
+from db import fabrics, jobs
 from db.engine import make_engine, make_sessionmaker
+from db.job_failures import NOT_IN_CATALOG, RENDER_FAILED
 from db.models import Color, GenerationJob
-from deployments.finishing import Finisher
 from deployments.generation import CutGenerator, SdxlTurboModel
-from deployments.preprocessing import ControlMapper
-from deployments.rendering import RenderChain
-from deployments.storage import LocalStorage
+from deployments.rendering import CutResult
+from deployments.storage import LocalStorage, ObjectMissing, StorageError
 from serve_app.bootstrap import put_catalog_swatches
-from serve_app.runner import JobRunner, result_key
+from serve_app.jobqueue.plans import plan_cuts
+from serve_app.jobqueue.worker import JobWorker
+from tests.in_process import finished, job_worker, render_chain, run_job, run_jobs, running, wait_for_job
+from tests.job_rows import expire_leases
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +35,20 @@ def model() -> SdxlTurboModel:
     return SdxlTurboModel.from_profile("tiny-random", device="cpu")
 
 
-@pytest.fixture
-def runner(sessions, database_url, tmp_path, model):
+def _catalog_in(sessions, tmp_path) -> tuple[CatalogData, LocalStorage]:
+    """What the service's start does: the shipped catalog synced, its swatches put into local storage."""
     catalog = load_catalog()
     with sessions.begin() as s:
         sync_catalog(s, catalog)
     storage = LocalStorage(tmp_path, "http://127.0.0.1:8000/media")
     put_catalog_swatches(storage, catalog)
-    renderer = RenderChain.in_process(ControlMapper(), CutGenerator(model, storage), Finisher(storage), "canny", 64,
-                                      stage_timeout_s=60)
-    return JobRunner(sessions, database_url, catalog, renderer, concurrency=2, lease_seconds=10, poll_seconds=0.2), storage
+    return catalog, storage
+
+
+@pytest.fixture
+def runner(sessions, database_url, tmp_path, model):
+    catalog, storage = _catalog_in(sessions, tmp_path)
+    return job_worker(sessions, database_url, catalog, render_chain(CutGenerator(model, storage), storage)), storage
 
 
 def _create(sessions, cuts, color="lana-fria-azul-marino", swatch_key="SASTRE 2026-27/095T-0121.png") -> str:
@@ -48,30 +57,16 @@ def _create(sessions, cuts, color="lana-fria-azul-marino", swatch_key="SASTRE 20
                                swatch_key=swatch_key).job_id
 
 
-async def _drain(runner: JobRunner, sessions, job_ids: list[str], timeout: float = 60) -> None:
-    task = asyncio.create_task(runner.run_forever())
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                with sessions() as s:
-                    if all(jobs.get_job(s, j).status in ("completed", "failed") for j in job_ids):
-                        return
-                await asyncio.sleep(0.1)
-    finally:
-        runner.stop()
-        await task
-
-
 def test_runner_completes_jobs_in_cut_order_with_progress(runner, sessions):
     runner, storage = runner
     ids = [_create(sessions, ["cruzado", "recto"]), _create(sessions, ["recto"]), _create(sessions, ["recto"])]
-    asyncio.run(_drain(runner, sessions, ids))
+    run_jobs(runner, sessions, ids)
     with sessions() as s:
         first = jobs.get_job(s, ids[0])
         others = [jobs.get_job(s, j) for j in ids[1:]]
     assert first.status == "completed" and first.lease_owner is None and first.attempts == 1
     assert [u.rsplit("/", 1)[1] for u in first.result_urls] == ["cruzado.jpg", "recto.jpg"]
-    assert first.result_urls[0].endswith(f"generated/lana-fria/lana-fria-azul-marino/{ids[0]}/cruzado.jpg")
+    assert first.result_urls[0].endswith(f"generated/lana-fria/lana-fria-azul-marino/{first.result_token}/cruzado.jpg")
     assert first.cut_progress["cruzado"]["status"] == "completed" and first.cut_progress["cruzado"]["seed"] == 7
     assert first.cut_progress["recto"]["seed"] == 8 and not first.cut_progress["recto"]["ip_adapter_fallback"]
     assert all(o.status == "completed" for o in others)
@@ -84,7 +79,7 @@ def test_runner_completes_jobs_in_cut_order_with_progress(runner, sessions):
 def test_missing_swatch_completes_with_fallback_recorded(runner, sessions):
     runner, _ = runner
     job_id = _create(sessions, ["recto"], swatch_key="temp-uploads/gone.png")
-    asyncio.run(_drain(runner, sessions, [job_id]))
+    run_jobs(runner, sessions, [job_id])
     with sessions() as s:
         job = jobs.get_job(s, job_id)
     assert job.status == "completed"
@@ -93,19 +88,23 @@ def test_missing_swatch_completes_with_fallback_recorded(runner, sessions):
 
 def test_job_for_a_removed_color_fails_with_a_clear_error(runner, sessions):
     runner, _ = runner
-    job_id = _create(sessions, ["recto"], color="no-such-color")
-    asyncio.run(_drain(runner, sessions, [job_id]))
+    job_id = _create(sessions, ["recto"])
+    with sessions.begin() as s:  # an admin deletes the color after the job was accepted
+        fabrics.delete_color(s, s.scalars(select(Color).where(Color.color_id == "lana-fria-azul-marino")).one())
+    run_jobs(runner, sessions, [job_id])
     with sessions() as s:
         job = jobs.get_job(s, job_id)
-    assert job.status == "failed"
-    assert "no longer in the catalog" in job.error_message
+    assert job.status == "failed" and job.error_message == NOT_IN_CATALOG.message
+    assert "no longer in the catalog" in job.error_detail
 
 
 class Flaky:
-    """Wraps a renderer: fails the first `failures[cut]` calls for a cut, counts every call."""
+    """Wraps a renderer: fails the first `failures[cut]` calls for a cut with `error` (by default the
+    replica died, as Ray reports it: worth another attempt), counts every call."""
 
-    def __init__(self, inner, failures: dict[str, int] | None = None, delay: float = 0.0) -> None:
-        self.inner, self.failures, self.delay = inner, dict(failures or {}), delay
+    def __init__(self, inner, failures: dict[str, int] | None = None, delay: float = 0.0,
+                 error: Callable[[], Exception] = ActorDiedError) -> None:
+        self.inner, self.failures, self.delay, self.error = inner, dict(failures or {}), delay, error
         self.calls: dict[str, int] = {}
 
     async def render(self, task):
@@ -113,7 +112,7 @@ class Flaky:
         await asyncio.sleep(self.delay)
         if self.failures.get(task.cut, 0) > 0:
             self.failures[task.cut] -= 1
-            raise RuntimeError(f"replica died rendering {task.cut}")
+            raise self.error()
         return await self.inner.render(task)
 
 
@@ -122,7 +121,7 @@ def test_a_failing_cut_is_retried_and_the_others_are_not_redone(runner, sessions
     runner.renderer = flaky = Flaky(runner.renderer, {"cruzado": 2})
     runner.cut_retry_seconds = 0.01
     job_id = _create(sessions, ["recto", "cruzado"])
-    asyncio.run(_drain(runner, sessions, [job_id]))
+    run_jobs(runner, sessions, [job_id])
     with sessions() as s:
         job = jobs.get_job(s, job_id)
     assert job.status == "completed"
@@ -135,29 +134,47 @@ def test_a_cut_that_keeps_failing_fails_the_job_with_the_reason(runner, sessions
     runner.renderer = Flaky(runner.renderer, {"recto": 99})
     runner.cut_retry_seconds, runner.cut_attempts = 0.01, 3
     job_id = _create(sessions, ["recto"])
-    asyncio.run(_drain(runner, sessions, [job_id]))
+    run_jobs(runner, sessions, [job_id])
     with sessions() as s:
         job = jobs.get_job(s, job_id)
     assert job.status == "failed"
-    assert "cut recto failed 3 times" in job.error_message and "replica died" in job.error_message
+    assert job.error_message == RENDER_FAILED.message
+    assert "cut recto failed 3 times" in job.error_detail and "ActorDiedError: The actor died" in job.error_detail
+
+
+@pytest.mark.parametrize("error", [lambda: ValueError("a seed out of range"), lambda: AttributeError("a bug"),
+                                   lambda: ObjectMissing("no object 'generated/x.jpg'"),
+                                   lambda: StorageError("cannot write: AccessDenied (403)")])
+def test_a_cut_failure_no_retry_can_cure_fails_the_job_at_once(runner, sessions, error):
+    """A bad value, a bug, a missing object or a refusal gives the same answer however often it is asked."""
+    runner, _ = runner
+    runner.renderer = flaky = Flaky(runner.renderer, {"recto": 99}, error=error)
+    runner.cut_retry_seconds, runner.cut_attempts = 0.01, 3
+    job_id = _create(sessions, ["recto"])
+    run_jobs(runner, sessions, [job_id])
+    with sessions() as s:
+        job = jobs.get_job(s, job_id)
+    assert flaky.calls == {"recto": 1}
+    assert (job.status, job.error_message) == ("failed", RENDER_FAILED.message)
+    assert job.error_detail.startswith(f"CutFailed: cut recto failed 1 time; last error: {type(error()).__name__}: ")
 
 
 def test_a_rerun_after_a_crash_keeps_finished_cuts_and_their_objects(runner, sessions):
     runner, storage = runner
     job_id = _create(sessions, ["recto", "cruzado"])
-    asyncio.run(_drain(runner, sessions, [job_id]))
+    run_jobs(runner, sessions, [job_id])
     with sessions.begin() as s:  # as if the runner died after finishing recto only: back to pending
         job = jobs.get_job(s, job_id)
         progress = dict(job.cut_progress)
         progress["cruzado"] = {"status": "processing", "seed": 8}
         job.cut_progress, job.status, job.result_urls = progress, "pending", None
     runner.renderer = flaky = Flaky(runner.renderer)
-    asyncio.run(_drain(runner, sessions, [job_id]))
+    run_jobs(runner, sessions, [job_id])
     with sessions() as s:
         job = jobs.get_job(s, job_id)
     assert job.status == "completed" and flaky.calls == {"cruzado": 1}
     assert job.attempts == 2
-    keys = sorted(p.name for p in (storage.root / f"generated/lana-fria/lana-fria-azul-marino/{job_id}").iterdir())
+    keys = sorted(p.name for p in (storage.root / f"generated/lana-fria/lana-fria-azul-marino/{job.result_token}").iterdir())
     assert keys == ["cruzado.jpg", "recto.jpg"]  # the same keys, overwritten, never duplicated
 
 
@@ -168,25 +185,11 @@ def test_cancel_stops_a_processing_job_at_a_cut_boundary(runner, sessions):
     job_id = _create(sessions, ["recto"])
 
     async def scenario():
-        loop = asyncio.create_task(runner.run_forever())
-        while True:
-            with sessions() as s:
-                if jobs.get_job(s, job_id).status == "processing":
-                    break
-            await asyncio.sleep(0.02)
-        with sessions.begin() as s:
-            assert jobs.request_cancel(s, job_id) == "requested"
-        await _drain(runner, sessions, [job_id])
-        await loop
-
-    async def _drain(runner, sessions, ids):
-        async with asyncio.timeout(30):
-            while True:
-                with sessions() as s:
-                    if jobs.get_job(s, ids[0]).status in ("canceled", "completed", "failed"):
-                        runner.stop()
-                        return
-                await asyncio.sleep(0.05)
+        async with running(runner):
+            await wait_for_job(sessions, job_id, lambda job: job.status == "processing", 30)
+            with sessions.begin() as s:
+                assert jobs.request_cancel(s, job_id) == "requested"
+            await wait_for_job(sessions, job_id, lambda job: job.status == "canceled" or finished(job), 30)
 
     asyncio.run(scenario())
     with sessions() as s:
@@ -217,7 +220,7 @@ def test_heartbeats_never_abandon_jobs_claimed_between_renewals(runner, sessions
     runner.lease_seconds = 0.3
     runner.renderer = flaky = Flaky(runner.renderer, delay=0.15)
     ids = [_create(sessions, ["recto"]) for _ in range(8)]
-    asyncio.run(_drain(runner, sessions, ids))
+    run_jobs(runner, sessions, ids)
     with sessions() as s:
         finals = [jobs.get_job(s, j) for j in ids]
     assert [(j.status, j.attempts) for j in finals] == [("completed", 1)] * 8
@@ -229,25 +232,12 @@ def test_notify_wakes_an_idle_runner_long_before_its_poll(runner, sessions):
     runner.poll_seconds = 30  # the fallback poll cannot be what picks the job up
 
     async def scenario():
-        loop = asyncio.create_task(runner.run_forever())
-        await asyncio.sleep(1.0)  # idle, LISTENing
-        job_id = await asyncio.to_thread(_create, sessions, ["recto"])
-        await _drain_running(job_id)
-        runner.stop()
-        await loop
-        return job_id
+        async with running(runner):
+            await asyncio.sleep(1.0)  # idle, LISTENing
+            job_id = await asyncio.to_thread(_create, sessions, ["recto"])
+            return await wait_for_job(sessions, job_id, lambda job: job.status == "completed", 20)
 
-    async def _drain_running(job_id):
-        async with asyncio.timeout(20):
-            while True:
-                with sessions() as s:
-                    if jobs.get_job(s, job_id).status == "completed":
-                        return
-                await asyncio.sleep(0.05)
-
-    job_id = asyncio.run(scenario())
-    with sessions() as s:
-        job = jobs.get_job(s, job_id)
+    job = asyncio.run(scenario())
     pickup = (job.started_at - job.created_at).total_seconds()
     assert pickup < 0.25, f"picked up after {pickup:.3f} s"
 
@@ -258,17 +248,15 @@ def test_a_paused_runner_claims_nothing_and_the_job_waits_for_one_that_is_not(ru
     job_id = _create(sessions, ["recto"])
 
     async def paused_for(seconds: float) -> None:
-        loop = asyncio.create_task(runner.run_forever())
-        await asyncio.sleep(seconds)  # five poll intervals, and the NOTIFY of the job above
-        runner.stop()
-        await loop
+        async with running(runner):
+            await asyncio.sleep(seconds)  # five poll intervals, and the NOTIFY of the job above
 
     asyncio.run(paused_for(1.0))
     with sessions() as s:
         job = jobs.get_job(s, job_id)
         assert (job.status, job.attempts, job.started_at) == ("pending", 0, None)
     runner.paused = False
-    asyncio.run(_drain(runner, sessions, [job_id]))
+    run_jobs(runner, sessions, [job_id])
     with sessions() as s:
         assert jobs.get_job(s, job_id).status == "completed"
 
@@ -287,8 +275,7 @@ class Gated:
         self.renders += 1
         n = self.renders
         await self.gate(n).wait()
-        return {"url": f"http://r/{task.result_key}?render={n}", "key": f"{task.result_key}#{n}",
-                "seed": task.seed, "ip_adapter_fallback": False}
+        return CutResult(f"http://r/{task.result_key}?render={n}", f"{task.result_key}#{n}", task.seed, False)
 
 
 async def _until(predicate, timeout: float = 20) -> None:
@@ -297,12 +284,24 @@ async def _until(predicate, timeout: float = 20) -> None:
             await asyncio.sleep(0.02)
 
 
-def _lapse_and_rescue(sessions, job_id: str) -> None:
-    """What a paused runner sees on waking: its lease ran out and another runner's rescuer re-queued the job."""
+async def _let_the_next_attempt_finish(runner: JobWorker, gated: Gated, sessions, job_id: str) -> None:
+    """Opens the gates of the renders after the first, then waits until the job has finished and the
+    runner holds no attempt of it any more."""
+    for n in range(2, 6):
+        gated.gate(n).set()
+    await wait_for_job(sessions, job_id, finished, 20)
+    await _until(lambda: not runner.active)
+
+
+async def _lapse_the_first_attempt(runner: JobWorker, gated: Gated, sessions, job_id: str) -> asyncio.Task:
+    """Waits until attempt 1 is inside its render, then makes what a paused runner sees on waking: its
+    lease ran out and another runner's rescuer re-queued the job. Attempt 1's task."""
+    await _until(lambda: gated.renders == 1)
+    first = runner.active[job_id]
     with sessions.begin() as s:
-        s.execute(update(GenerationJob).where(GenerationJob.job_id == job_id)
-                  .values(lease_expires_at=text("now() - interval '1 second'")))
-        assert jobs.release_expired_leases(s, backoff_seconds=0) == [(job_id, "pending")]
+        expire_leases(s, job_id)
+        assert jobs.release_expired_leases(s, [0.0]) == [(job_id, "pending")]
+    return first
 
 
 def test_a_stale_attempt_cannot_complete_a_job_its_runner_claimed_again(runner, sessions):
@@ -312,22 +311,12 @@ def test_a_stale_attempt_cannot_complete_a_job_its_runner_claimed_again(runner, 
     job_id = _create(sessions, ["recto"])
 
     async def scenario():
-        loop = asyncio.create_task(runner.run_forever())
-        await _until(lambda: gated.renders == 1)
-        first = runner.active[job_id]
-        _lapse_and_rescue(sessions, job_id)
-        reclaimed = await runner.claim_and_start()  # the same runner looks for work while attempt 1 lives
-        gated.gate(1).set()  # attempt 1 resumes and tries to write its render
-        await asyncio.wait([first], timeout=10)
-        for n in range(2, 6):
-            gated.gate(n).set()
-
-        def settled():
-            with sessions() as s:
-                return jobs.get_job(s, job_id).status in ("completed", "failed") and not runner.active
-        await _until(settled)
-        runner.stop()
-        await loop
+        async with running(runner):
+            first = await _lapse_the_first_attempt(runner, gated, sessions, job_id)
+            reclaimed = await runner.claim_and_start()  # the same runner looks for work while attempt 1 lives
+            gated.gate(1).set()  # attempt 1 resumes and tries to write its render
+            await asyncio.wait([first], timeout=10)
+            await _let_the_next_attempt_finish(runner, gated, sessions, job_id)
         return reclaimed
 
     reclaimed = asyncio.run(scenario())
@@ -335,7 +324,7 @@ def test_a_stale_attempt_cannot_complete_a_job_its_runner_claimed_again(runner, 
         job = jobs.get_job(s, job_id)
     # Exactly one attempt's writes landed: the job holds render 2's result, not the stale render 1's.
     assert job.status == "completed"
-    assert job.result_urls == [f"http://r/{result_key(job, 'recto')}?render=2"]
+    assert job.result_urls == [f"http://r/{plan_cuts(job)[0].result_key}?render=2"]
     assert job.cut_progress["recto"]["url"].endswith("?render=2")
     assert (job.attempts, gated.renders) == (2, 2)
     assert reclaimed == []  # a runner never holds two attempts of one job
@@ -349,21 +338,11 @@ def test_a_stale_attempt_is_stopped_by_the_heartbeat_before_it_renders_again(run
     job_id = _create(sessions, ["recto"])
 
     async def scenario():
-        loop = asyncio.create_task(runner.run_forever())
-        await _until(lambda: gated.renders == 1)
-        first = runner.active[job_id]
-        _lapse_and_rescue(sessions, job_id)
-        await asyncio.wait([first], timeout=5)  # never opened: only the heartbeat can end it
-        stopped = first.done()
-        for n in range(2, 6):
-            gated.gate(n).set()
-
-        def settled():
-            with sessions() as s:
-                return jobs.get_job(s, job_id).status in ("completed", "failed") and not runner.active
-        await _until(settled)
-        runner.stop()
-        await loop
+        async with running(runner):
+            first = await _lapse_the_first_attempt(runner, gated, sessions, job_id)
+            await asyncio.wait([first], timeout=5)  # never opened: only the heartbeat can end it
+            stopped = first.done()
+            await _let_the_next_attempt_finish(runner, gated, sessions, job_id)
         return stopped
 
     assert asyncio.run(scenario())
@@ -396,25 +375,15 @@ def test_a_job_whose_attempt_died_in_a_database_outage_is_rescued_by_its_own_run
     job_id = _create(sessions, ["recto"])
 
     async def scenario():
-        loop = asyncio.create_task(runner.run_forever())
-        await _until(lambda: DatabaseGoesAway.renders == 1)
-        first = runner.active[job_id]
-        await asyncio.wait([first], timeout=20)
-        assert first.done() and first.exception() is not None  # the attempt died with the outage
-        runner.sessions = healthy  # the database is back; the runner itself never stopped
+        async with running(runner):
+            await _until(lambda: DatabaseGoesAway.renders == 1)
+            first = runner.active[job_id]
+            await asyncio.wait([first], timeout=20)
+            assert first.done() and first.exception() is not None  # the attempt died with the outage
+            runner.sessions = healthy  # the database is back; the runner itself never stopped
+            return await wait_for_job(sessions, job_id, finished, 15)
 
-        def settled():
-            with sessions() as s:
-                return jobs.get_job(s, job_id).status in ("completed", "failed")
-        try:
-            await _until(settled, timeout=15)
-        finally:
-            runner.stop()
-            await loop
-
-    asyncio.run(scenario())
-    with sessions() as s:
-        job = jobs.get_job(s, job_id)
+    job = asyncio.run(scenario())
     assert (job.status, job.attempts, DatabaseGoesAway.renders) == ("completed", 2, 2)
 
 
@@ -453,23 +422,18 @@ def test_a_two_cut_job_costs_five_transactions_besides_its_share_of_the_claim(ru
 
 
 def test_a_catalog_swatch_is_read_once_until_an_admin_replaces_it(sessions, database_url, tmp_path, model):
-    catalog = load_catalog()
-    with sessions.begin() as s:
-        sync_catalog(s, catalog)
-    storage = LocalStorage(tmp_path, "http://127.0.0.1:8000/media")
-    put_catalog_swatches(storage, catalog)
+    catalog, storage = _catalog_in(sessions, tmp_path)
     generator = CutGenerator(model, storage)
-    renderer = RenderChain.in_process(ControlMapper(), generator, Finisher(storage), "canny", 64, stage_timeout_s=60)
-    runner = JobRunner(sessions, database_url, catalog, renderer, concurrency=2, lease_seconds=10, poll_seconds=0.2)
+    runner = job_worker(sessions, database_url, catalog, render_chain(generator, storage), storage=storage)
 
     def run_one() -> GenerationJob:
-        job_id = _create(sessions, ["recto"])
-        asyncio.run(_drain(runner, sessions, [job_id]))
-        with sessions() as s:
-            return jobs.get_job(s, job_id)
+        return run_job(runner, sessions, _create(sessions, ["recto"]))
 
-    first, second = run_one(), run_one()
-    assert generator.reads == 1
+    first = run_one()
+    read = generator.reads  # 1, or 0 when an earlier test of this module's model embedded the swatch already
+    second = run_one()
+    assert first.swatch_digest is None  # a catalog color's job: the runner digests its swatch once per version
+    assert generator.reads == read <= 1 and len(runner.swatch_digests) == 1
     assert np.array_equal(_pixels(storage, first), _pixels(storage, second))  # the cached embedding is the read one's
 
     with sessions.begin() as s:  # what an admin's swatch replacement does: new content, same key, next version
@@ -477,7 +441,7 @@ def test_a_catalog_swatch_is_read_once_until_an_admin_replaces_it(sessions, data
         storage.put(color_swatch_key(color.family, color), render_swatch("#5E2430", "330W-0534"), "image/png")
         color.swatch_version += 1
     third = run_one()
-    assert generator.reads == 2 and third.status == "completed"
+    assert generator.reads == read + 1 and third.status == "completed" and len(runner.swatch_digests) == 2
     assert not np.array_equal(_pixels(storage, third), _pixels(storage, second))
 
 

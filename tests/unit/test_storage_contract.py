@@ -62,24 +62,42 @@ def test_a_missing_object_is_object_missing(storage):
         storage.get("temp-uploads/nothing.png")
 
 
-@pytest.mark.parametrize("fault", ["connection refused", "503"])
-def test_a_store_that_does_not_answer_is_unavailable_not_missing(s3_server, fault):
+@pytest.mark.parametrize("fault,operation", [("connection refused", "get"), ("connection refused", "put"),
+                                             ("fail-reads", "get"), ("throttle-reads", "get"), ("fail-writes", "put")])
+def test_a_store_that_does_not_answer_is_unavailable_not_missing(s3_server, fault, operation):
+    """No answer, a 5xx or throttling: worth asking again (a cut attempt that meets it is retried)."""
     bucket = s3_server.new_bucket()
     if fault == "connection refused":
         endpoint, proxy = f"http://127.0.0.1:{free_port()}", None
     else:
         proxy = FaultProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1]))
-        proxy.set_mode("fail-reads")
+        proxy.set_mode(fault)
         endpoint = proxy.endpoint_url
     storage = S3Storage(bucket, endpoint_url=endpoint, region="us-east-1", access_key_id="testing",
                         secret_access_key="testing")
     try:
         with pytest.raises(StorageUnavailable) as raised:
-            storage.get("temp-uploads/x.png")
+            if operation == "get":
+                storage.get("temp-uploads/x.png")
+            else:
+                storage.put("generated/f/c/run/recto.jpg", b"\xff\xd8jpeg", "image/jpeg")
     finally:
         if proxy:
             proxy.close()
     assert not isinstance(raised.value, ObjectMissing)
+
+
+def test_a_refusal_is_a_plain_storage_error_not_unavailable(s3_server):
+    """A 4xx other than "no such key" (here: no such bucket) is the store's answer, not a hiccup: asking
+    again gets the same, so it is neither `StorageUnavailable` (retried) nor `ObjectMissing`."""
+    storage = S3Storage("no-such-bucket", endpoint_url=s3_server.endpoint_url, region="us-east-1",
+                        access_key_id="testing", secret_access_key="testing")
+    for call in (lambda: storage.get("temp-uploads/x.png"), lambda: storage.put("temp-uploads/x.png", b"x", "image/png"),
+                 lambda: storage.copy("temp-uploads/x.png", "jobs/j/swatch.png")):
+        with pytest.raises(StorageError) as raised:
+            call()
+        assert type(raised.value) is StorageError, raised.value
+        assert "NoSuchBucket" in str(raised.value)
 
 
 def test_copy_keeps_the_bytes_under_a_new_key_and_delete_removes_it(storage):

@@ -6,19 +6,26 @@ import asyncio
 import io
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI, HTTPException, Request
 from PIL import Image
 
+from catalog.data import load_catalog
+from deployments.storage import LocalStorage
+from deployments.swatch_size import SWATCH_MAX_SIDE
+from serve_app.deps import Services
+from serve_app.settings import Settings
 from serve_app.uploads.service import read_file_field, sanitize_image
+from tests.servers import uvicorn_serving
 from tests.upload_files import (
-    SVG,
+    REFUSED_IMAGES,
+    STRIPES,
     image_bytes,
     jpeg_with_gps,
     png_declaring,
-    png_zip_polyglot,
     rotated_jpeg,
-    truncated_jpeg,
+    striped_photo,
 )
 
 MAX_PIXELS = 25_000_000
@@ -44,18 +51,37 @@ def test_exif_and_gps_are_stripped_and_orientation_applied():
     assert (upright.width, upright.height) == (32, 64)
 
 
-@pytest.mark.parametrize("data,status,message", [
-    (b"", 422, "empty"),
-    (b"just some text, named swatch.png", 415, "not an image"),
-    (image_bytes("GIF"), 415, "unsupported image type GIF"),
-    (SVG, 415, "not an image"),
-    (truncated_jpeg(), 422, "truncated"),
-    (png_declaring(30000, 30000), 422, "too many pixels"),
-    (png_declaring(6000, 5000), 422, "too many pixels"),
-    (png_zip_polyglot(), 422, "polyglot"),
-    (image_bytes("JPEG") + b"<?php system($_GET['c']); ?>", 422, "polyglot"),
-])
-def test_refusals(data, status, message):
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_large_photo_is_stored_at_swatch_size_in_its_own_colour(fmt):
+    """A 4000x3000 photo is kept at 1024x768, what the preview and the IP-Adapter can use, and its
+    mean colour (the cloth the shopper chose) survives the downscaling."""
+    clean = sanitize_image(striped_photo(fmt, (4000, 3000), quality=95), MAX_PIXELS)
+    assert (clean.width, clean.height) == (SWATCH_MAX_SIDE, 768)
+    with Image.open(io.BytesIO(clean.data)) as image:
+        assert image.format == fmt and image.size == (SWATCH_MAX_SIDE, 768)
+        mean = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0)
+    assert np.abs(mean - np.mean(STRIPES, axis=0)).max() < 4, mean
+
+
+def test_a_large_turned_jpeg_is_downscaled_and_stored_upright():
+    """Stored 3000x1500 with its left half red, EXIF orientation 6 (turn 90° clockwise to show)."""
+    clean = sanitize_image(striped_photo("JPEG", (3000, 1500), stripe_px=1500, orientation=6), MAX_PIXELS)
+    assert (clean.width, clean.height) == (512, SWATCH_MAX_SIDE)
+    with Image.open(io.BytesIO(clean.data)) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    top, bottom = pixels[:400].reshape(-1, 3).mean(axis=0), pixels[-400:].reshape(-1, 3).mean(axis=0)
+    assert np.abs(top - STRIPES[0]).max() < 4 and np.abs(bottom - STRIPES[1]).max() < 4, (top, bottom)
+
+
+REFUSALS = [
+    *((case, data, status, message) for case, data, _, status, message in REFUSED_IMAGES),
+    ("6000x5000 PNG", png_declaring(6000, 5000), 422, "too many pixels"),  # 30 M pixels: just over MAX_PIXELS
+    ("JPEG+PHP polyglot", image_bytes("JPEG") + b"<?php system($_GET['c']); ?>", 422, "polyglot"),
+]
+
+
+@pytest.mark.parametrize("case,data,status,message", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refusals(case, data, status, message):
     with pytest.raises(HTTPException) as refused:
         sanitize_image(data, MAX_PIXELS)
     assert refused.value.status_code == status
@@ -164,3 +190,23 @@ def test_parts_and_fields_are_limited():
     assert many_fields.status_code == 400 and "Too many fields" in many_fields.json()["detail"]
     assert big_field.status_code == 400 and "maximum size" in big_field.json()["detail"]
     assert text_file.status_code == 422 and "as a file" in text_file.json()["detail"]
+
+
+def test_uploads_past_the_replica_s_decode_slots_are_a_503_with_retry_after(sessions, tmp_path):
+    """Two slots, both taken (as by two 25 MP decodes in flight): the next upload is refused at once
+    and nothing is stored; once a slot frees, the same upload is taken."""
+    storage = LocalStorage(tmp_path, "http://t/media")
+    services = Services(settings=Settings(data_dir=tmp_path, upload_decode_slots=2), sessions=sessions,
+                        storage=storage, catalog=load_catalog())
+    upload = {"file": ("swatch.png", image_bytes("PNG"), "image/png")}
+    with uvicorn_serving(services) as base_url, httpx.Client(base_url=base_url) as client:
+        assert services.upload_decodes.acquire(blocking=False) and services.upload_decodes.acquire(blocking=False)
+        refused = client.post("/upload-swatch", files=upload)
+        stored_meanwhile = list(tmp_path.rglob("*.png"))
+        services.upload_decodes.release()
+        taken = client.post("/upload-swatch", files=upload)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json() == {"detail": "busy decoding other uploads, retry shortly"}
+    assert stored_meanwhile == []
+    assert taken.status_code == 201, taken.text
+    assert services.upload_decodes.acquire(blocking=False) and not services.upload_decodes.acquire(blocking=False)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.finishing import Finisher
+from deployments.finishing import JpegFinisher
 from deployments.generation import CutImage
+from deployments.rendering import CutResult
 from deployments.storage import LocalStorage, StorageError
 from deployments.watermark import _diagonal_tiling, apply_watermark, corner_label_box
 
@@ -44,10 +45,10 @@ def test_the_diagonal_layer_is_drawn_once_per_size_and_marks_each_image_the_same
 def test_finisher_writes_a_watermarked_jpeg(tmp_path):
     storage = LocalStorage(tmp_path, "http://127.0.0.1:8000/media")
     pixels = np.full((128, 128, 3), 120, np.uint8)
-    result = Finisher(storage).finish(CutImage(pixels, 7, False), "generated/f/c/run/recto.jpg")
-    assert result == {"url": "http://127.0.0.1:8000/media/generated/f/c/run/recto.jpg",
-                      "key": "generated/f/c/run/recto.jpg", "seed": 7, "ip_adapter_fallback": False}
-    with Image.open(io.BytesIO(storage.get(result["key"]))) as jpeg:
+    result = JpegFinisher(storage).finish(CutImage(pixels, 7, False), "generated/f/c/run/recto.jpg")
+    assert result == CutResult("http://127.0.0.1:8000/media/generated/f/c/run/recto.jpg", "generated/f/c/run/recto.jpg",
+                               7, False)
+    with Image.open(io.BytesIO(storage.get(result.key))) as jpeg:
         assert jpeg.format == "JPEG" and jpeg.size == (128, 128)
         assert not jpeg.getexif()
         assert np.abs(np.asarray(jpeg).astype(int) - 120).max() > 60

@@ -1,9 +1,4 @@
-"""catalog and job queue
-
-Revision ID: 0001
-Revises: 
-Create Date: 2026-11-26
-"""
+"""catalog and job queue"""
 
 from alembic import op
 import sqlalchemy as sa
@@ -11,8 +6,6 @@ from sqlalchemy.dialects import postgresql
 
 revision = '0001'
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

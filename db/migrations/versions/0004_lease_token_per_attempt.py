@@ -1,17 +1,10 @@
-"""Fence every write by the attempt that makes it: a fresh lease token per claim.
-
-Revision ID: 0004_lease_token
-Revises: 0003
-Create Date: 2026-11-27
-"""
+"""Fence every write by the attempt that makes it: a fresh lease token per claim."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_lease_token"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

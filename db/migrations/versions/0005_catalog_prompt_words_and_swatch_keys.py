@@ -10,10 +10,6 @@ an admin can correct those words afterwards.
 replacements, so its URL changes even where the key does not); a URL cannot be stored (presigned
 URLs expire). Mapping the URLs older versions kept in `colors.swatch_url` back to keys needs the
 storage configuration, so the service does that when it starts (`adopt_swatch_urls`).
-
-Revision ID: 0005_catalog_truth
-Revises: 0004_lease_token
-Create Date: 2026-11-28
 """
 
 import sqlalchemy as sa
@@ -21,8 +17,6 @@ from alembic import op
 
 revision = "0005_catalog_truth"
 down_revision = "0004_lease_token"
-branch_labels = None
-depends_on = None
 
 # A frozen copy: a migration must not change meaning when catalog/fabrics.json is edited later.
 SHIPPED_FABRIC_WORDS = {

@@ -1,13 +1,9 @@
 """The render cache: a completed cut's stored image, found again by everything that decides its pixels.
 
 One row per distinct set of render inputs (`key_hash` is the SHA-256 of them, see
-`serve_app/render_cache.py`); the inputs are kept beside it in plain columns so an operator can see
+`serve_app/jobqueue/render_cache.py`); the inputs are kept beside it in plain columns so an operator can see
 why two renders did or did not share an entry. `object_key` is the stored JPEG of the cut that made
 the entry; hits point at it, so it must outlive the row. Additions only.
-
-Revision ID: 0006_render_cache
-Revises: 0005_catalog_truth
-Create Date: 2026-11-27
 """
 
 import sqlalchemy as sa
@@ -15,8 +11,6 @@ from alembic import op
 
 revision = "0006_render_cache"
 down_revision = "0005_catalog_truth"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -6,8 +6,8 @@ import asyncio
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
-from db import catalog as fabrics
-from db import render_cache
+from db import fabrics
+from db import cached_renders
 from serve_app.admin.fabrics import service
 from serve_app.admin.fabrics.schemas import (
     ColorAdminOut,
@@ -20,9 +20,9 @@ from serve_app.admin.fabrics.schemas import (
 from serve_app.admin.fabrics.service import color_out, family_out, find_color, find_family, refuse_nulls
 from serve_app.deps import ServicesDep, current_admin
 from serve_app.errors import error_responses
-from serve_app.routing import StorableTextRoute
-from serve_app.uploads.schemas import MULTIPART_BODY
-from serve_app.uploads.service import read_file_field, sanitize_image
+from serve_app.edge.routing import StorableTextRoute
+from serve_app.edge.body_limit import MULTIPART_BODY
+from serve_app.uploads.service import clean_upload, read_file_field
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(current_admin)],
                    responses=error_responses(401), route_class=StorableTextRoute)
@@ -54,7 +54,7 @@ def update_fabric(family_id: str, body: FamilyPatch, services: ServicesDep) -> F
         refuse_nulls(changes, tuple(changes))
         fabrics.update_family(session, family, changes)
         if "fabric" in changes:  # the prompt's fabric words: the family's old renders never hit again
-            render_cache.forget_family(session, family_id)
+            cached_renders.forget_family(session, family_id)
         return family_out(services, family)
 
 
@@ -95,7 +95,7 @@ async def put_color_swatch(color_id: str, request: Request, services: ServicesDe
     color id when it has no swatch code); checked and cleaned as `POST /upload-swatch` does, never expires."""
     settings = services.settings
     data = await read_file_field(request, "file", settings.upload_max_bytes)
-    clean = await asyncio.to_thread(sanitize_image, data, settings.upload_max_pixels)
+    clean = await clean_upload(services, data)
     return await asyncio.to_thread(service.replace_color_swatch, services, color_id, clean)
 
 

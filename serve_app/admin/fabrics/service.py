@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from catalog.loader import color_swatch_key
 from catalog.swatches import render_swatch, swatch_key
-from db import catalog as fabrics
-from db import render_cache
+from db import fabrics
+from db import cached_renders
 from db.models import Color, FabricFamily
 from deployments.storage import ObjectMissing, Storage, StorageError
 from serve_app.admin.fabrics.schemas import ColorAdminOut, ColorIn, ColorPatch, FamilyAdminOut
@@ -198,7 +198,7 @@ def update_color(services: Services, color_id: str, body: ColorPatch) -> ColorAd
             refuse_nulls(changes, ("name", "english", "hex_value", "status"))
             fabrics.update_color(session, color, changes)
             if "english" in changes or new_swatch:  # the prompt or the swatch changes: old renders never hit
-                render_cache.forget_color(session, color.color_id)
+                cached_renders.forget_color(session, color.color_id)
             if source is not None:
                 adopt_swatch(session, change, family, color, source)
             elif new_swatch:
@@ -214,5 +214,5 @@ def replace_color_swatch(services: Services, color_id: str, image: CleanImage) -
         with services.sessions.begin() as session:
             family, color = find_color(session, color_id)
             put_swatch(session, change, family, color, image)
-            render_cache.forget_color(session, color.color_id)
+            cached_renders.forget_color(session, color.color_id)
             return color_out(services, family, color)

@@ -1,4 +1,5 @@
-"""Generation history: every job, filtered and paged, and a retry for failed ones (admin token required)."""
+"""Generation history: every job, filtered and paged, a retry for failed ones, and keeping a job from
+ageing out (admin token required)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from db import jobs
 from serve_app.admin.generations.schemas import AdminJobOut, GenerationPage
 from serve_app.admin.generations.service import admin_job, decode_cursor, encode_cursor
-from serve_app.deps import ServicesDep, current_admin
+from serve_app.deps import Services, ServicesDep, current_admin
 from serve_app.errors import error_responses
 from serve_app.generation.service import find_job
-from serve_app.routing import StorableTextRoute
+from serve_app.edge.routing import StorableTextRoute
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(current_admin)],
                    responses=error_responses(401), route_class=StorableTextRoute)
@@ -56,4 +57,25 @@ def retry_generation(job_id: str, services: ServicesDep) -> AdminJobOut:
         if outcome != "retried":
             raise HTTPException(409, f"only failed jobs can be retried; this one is {outcome}")
         job = jobs.get_job(session, job_id)
+    return admin_job(job, services.storage)
+
+
+@router.post("/generations/{job_id}/keep", response_model=AdminJobOut, responses=error_responses(404))
+def keep_generation(job_id: str, services: ServicesDep) -> AdminJobOut:
+    """Keep the job and its renders indefinitely (an order's proof): it never ages out, whatever its
+    status. Idempotent."""
+    return _set_kept(services, job_id, True)
+
+
+@router.delete("/generations/{job_id}/keep", response_model=AdminJobOut, responses=error_responses(404))
+def release_generation(job_id: str, services: ServicesDep) -> AdminJobOut:
+    """Let a kept job age out again, counted from when it finished (so an old one goes at the next prune)."""
+    return _set_kept(services, job_id, False)
+
+
+def _set_kept(services: Services, job_id: str, kept: bool) -> AdminJobOut:
+    with services.sessions.begin() as session:
+        job = jobs.keep_job(session, job_id, kept)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
     return admin_job(job, services.storage)

@@ -15,6 +15,10 @@ class AdminJobOut(JobOut):
     lease_expires_at: datetime | None
     idempotency_key: str | None
     cancel_requested: bool
+    error_detail: str | None = Field(description="the raw reason behind `error_message` (exception text), for admins "
+                                     "only")
+    client: str = Field(description="who queued it, as the rate limits and the fair share see the caller")
+    kept: bool = Field(description="kept by an admin: the job and its renders never age out")
 
 
 class GenerationPage(BaseModel):

@@ -18,7 +18,8 @@ from serve_app.generation.service import job_out
 def admin_job(job: GenerationJob, storage: Storage) -> AdminJobOut:
     return AdminJobOut(**job_out(job, storage).model_dump(), max_attempts=job.max_attempts,
                        lease_owner=job.lease_owner, lease_expires_at=job.lease_expires_at,
-                       idempotency_key=job.idempotency_key, cancel_requested=job.cancel_requested)
+                       idempotency_key=job.idempotency_key, cancel_requested=job.cancel_requested,
+                       error_detail=job.error_detail, client=job.client, kept=job.kept)
 
 
 def encode_cursor(job: GenerationJob) -> str:

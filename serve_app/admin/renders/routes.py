@@ -8,7 +8,7 @@ from serve_app.admin.renders.schemas import PrewarmOut
 from serve_app.admin.renders.service import prewarm
 from serve_app.deps import ServicesDep, current_admin
 from serve_app.errors import error_responses
-from serve_app.routing import StorableTextRoute
+from serve_app.edge.routing import StorableTextRoute
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(current_admin)],
                    responses=error_responses(401), route_class=StorableTextRoute)

@@ -11,30 +11,24 @@ refused by the backlog gate: an admin asked for them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
 
 from fastapi import HTTPException
 
 from catalog.loader import color_swatch_key
-from catalog.prompts import build_prompt
-from db import catalog as fabrics
-from db import jobs, render_cache
+from db import cached_renders, fabrics, jobs
 from serve_app.admin.renders.schemas import PrewarmJob, PrewarmOut
 from serve_app.deps import Services
-from serve_app.render_cache import CutInputs, RenderSettings, cache_entry, sha256, swatch_digest
-
-
-@dataclass(frozen=True)
-class Combination:
-    family_id: str
-    color_id: str
-    cut: str
-    swatch_key: str
-    key_hash: str
+from serve_app.jobqueue.plans import DraftJob, PromptWords, plan_cuts
+from serve_app.jobqueue.render_cache import RenderSettings
+from serve_app.jobqueue.swatches import catalog_swatch_digest
 
 
 def prewarm(services: Services) -> PrewarmOut:
-    """Queue a job for each catalog combination the render cache lacks; 409 when the cache is off."""
+    """Queue a job for each catalog combination the render cache lacks; 409 when the cache is off.
+
+    Each combination is planned as the job it would be (`plan_cuts`, the runner's plan), so its cache key
+    is the one that job's cut will look up; the swatch digest worked out here is stored on the job."""
     render = RenderSettings.of(services.settings)
     if render is None:
         raise HTTPException(409, "the render cache is off (SASTRE_RENDER_CACHE=false, or model profile auto): "
@@ -43,29 +37,32 @@ def prewarm(services: Services) -> PrewarmOut:
     with services.sessions() as session:
         colors = [(family, color, color_swatch_key(family, color)) for family in fabrics.active_families(session)
                   for color in family.colors if color.status == "active"]
-    templates = {cut.cut_id: (cut.prompt, sha256(cut.template_png())) for cut in services.catalog.cuts}
-    combinations, without_swatch = [], []
+    drafts, without_swatch = [], []
     for family, color, swatch_key in colors:
-        digest = swatch_digest(services.storage, swatch_key)
+        digest = catalog_swatch_digest(services.storage, swatch_key)
         if digest is None:
             without_swatch.append(color.color_id)
             continue
-        for cut, (cut_prompt, template) in templates.items():
-            inputs = CutInputs(family.family_id, color.color_id, cut, seed,
-                               build_prompt(cut_prompt, family.fabric, color.english), template, digest)
-            combinations.append(Combination(family.family_id, color.color_id, cut, swatch_key,
-                                            cache_entry(inputs, render)["key_hash"]))
+        words = PromptWords(family.fabric, color.english)
+        for cut in services.catalog.cuts:
+            draft = DraftJob(str(uuid.uuid4()), family.family_id, color.color_id, (cut.cut_id,), seed, uuid.uuid4().hex,
+                             digest)
+            [plan] = plan_cuts(draft, services.catalog, words, render)
+            drafts.append((draft, swatch_key, plan.cache_key))
     with services.sessions.begin() as session:
-        cached = render_cache.cached_keys(session, [c.key_hash for c in combinations])
-        in_flight = render_cache.catalog_renders_in_flight(session, seed)
-        missing = [c for c in combinations if c.key_hash not in cached and (c.color_id, c.cut) not in in_flight]
-        enqueued = [
-            PrewarmJob(job_id=jobs.create_job(session, family_id=c.family_id, color_id=c.color_id, cuts=[c.cut],
-                                              seed=seed, swatch_url=None, swatch_key=c.swatch_key,
-                                              max_attempts=services.settings.job_max_attempts).job_id,
-                       family_id=c.family_id, color_id=c.color_id, cut=c.cut)
-            for c in missing
-        ]
-    return PrewarmOut(seed=seed, combinations=len(combinations), cached=len(cached),
-                      in_flight=len(combinations) - len(cached) - len(missing), enqueued=enqueued,
+        cached = cached_renders.cached_keys(session, [key for _, _, key in drafts])
+        in_flight = cached_renders.catalog_renders_in_flight(session, seed)
+        missing = [(draft, swatch_key) for draft, swatch_key, key in drafts
+                   if key not in cached and (draft.color_id, draft.cuts[0]) not in in_flight]
+        enqueued = []
+        for draft, swatch_key in missing:
+            queued = jobs.create_job(session, job_id=draft.job_id, result_token=draft.result_token,
+                                     family_id=draft.family_id, color_id=draft.color_id, cuts=list(draft.cuts),
+                                     seed=seed, swatch_key=swatch_key, swatch_digest=draft.swatch_digest,
+                                     max_attempts=services.settings.job_max_attempts)
+            if queued is not None:  # None: an admin retired the color meanwhile
+                enqueued.append(PrewarmJob(job_id=queued.job_id, family_id=draft.family_id, color_id=draft.color_id,
+                                           cut=draft.cuts[0]))
+    return PrewarmOut(seed=seed, combinations=len(drafts), cached=len(cached),
+                      in_flight=len(drafts) - len(cached) - len(missing), enqueued=enqueued,
                       without_swatch=without_swatch)

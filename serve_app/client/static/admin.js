@@ -365,6 +365,7 @@ function fillRow(row, job) {
       job.attempts > 1 ? h("span", { class: "hint" }, ` (${job.attempts} attempts)`) : null),
     h("td", { dataset: { label: "Result" } },
       job.error_message ? h("span", { class: "error-text" }, job.error_message) : null,
+      job.error_detail ? h("span", { class: "hint error-detail" }, ` (${job.error_detail})`) : null,
       ...results.flatMap((link, i) => (i ? [" · ", link] : [link]))),
     h("td", { dataset: { label: "Actions" } }, retry));
 }

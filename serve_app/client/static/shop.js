@@ -41,9 +41,12 @@ async function showHealth() {
 }
 
 // -- catalog: fabric cards with swatch images and color chips (radio buttons) -------------------------
-async function loadCatalog() {
+// The chips are drawn only once the health banner has settled (or 2 s have passed): a banner that
+// appeared above them later would move them under a shopper's pointer mid-click.
+async function loadCatalog(healthShown) {
   try {
     state.catalog = await api("/catalog");
+    await Promise.race([healthShown, new Promise((resolve) => setTimeout(resolve, 2000))]);
   } catch (error) {
     $("fabrics").replaceChildren(h("legend", { class: "visually-hidden" }, "Fabric and color"),
       h("p", { class: "loading" }, "The catalog could not be loaded."));
@@ -201,6 +204,17 @@ function renderSlots(accepted, request) {
   $("results").hidden = false;
 }
 
+/** Load `url` off-screen and only then put it in `img`, so the slot keeps its preview until the render
+ * can be painted whole: swapping `src` at once left an image that had not loaded in the slot for a
+ * while, painted differently by each browser. An image that will not load is put in anyway, so the
+ * slot shows the same broken image the link would. */
+function showWhenLoaded(img, url, shown) {
+  const incoming = new Image();
+  const swap = () => { if (img.dataset.incoming === url) { img.src = url; shown(); } };
+  incoming.src = url;
+  incoming.decode().then(swap, swap);
+}
+
 function showJob(job) {
   const byCut = Object.fromEntries((job.progress || []).map((p) => [p.cut, p]));
   (job.cuts || []).forEach((cut, index) => {
@@ -211,15 +225,17 @@ function showJob(job) {
     const cutStatus = url ? "completed" : entry.status || job.status;
     const img = slot.querySelector("img.render");
     const name = state.cutNames[cut] || cut;
-    if (url && img.dataset.stage !== "render") {
-      img.dataset.stage = "render";
-      img.hidden = false;
-      slot.querySelector(".render-placeholder").hidden = true;
-      img.src = url;
-      img.alt = `${name} in your fabric: the render`;
+    if (url && img.dataset.stage !== "render" && img.dataset.incoming !== url) {
+      img.dataset.incoming = url;
       const link = slot.querySelector("a.download");
       link.href = url;
       link.hidden = false;
+      showWhenLoaded(img, url, () => {
+        img.dataset.stage = "render";
+        img.hidden = false;
+        slot.querySelector(".render-placeholder").hidden = true;
+        img.alt = `${name} in your fabric: the render`;
+      });
     } else if (!url && entry.preview_url && img.dataset.stage === "none" && !img.dataset.retried) {
       img.dataset.retried = "yes"; // the job's own preview URL, tried once
       img.dataset.stage = "preview";
@@ -236,7 +252,7 @@ function showJob(job) {
   });
   const done = (job.progress || []).filter((p) => p.status === "completed").length;
   let summary = `${STATUS_WORDS[job.status] || job.status} — ${done} of ${job.cuts.length} cut${job.cuts.length === 1 ? "" : "s"} done.`;
-  if (job.status === "failed") summary = `The render failed: ${job.error_message || "unknown reason"}. Try again, or choose another fabric.`;
+  if (job.status === "failed") summary = failureSentence(job.error_message);
   if (job.status === "canceled") summary = "The job was canceled.";
   $("job-status").textContent = summary;
   $("job-status").dataset.status = job.status;
@@ -290,5 +306,10 @@ async function generate(event) {
 
 $("order").addEventListener("submit", generate);
 setUpUpload();
-showHealth();
-loadCatalog();
+loadCatalog(showHealth());
+
+// `error_message` is "code: sentence" (the code is for programs); a person reads the sentence.
+function failureSentence(message) {
+  const sentence = (message || "").split(": ").slice(1).join(": ") || "the render failed; try again";
+  return `${sentence.charAt(0).toUpperCase()}${sentence.slice(1)}.`;
+}

@@ -12,28 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import tempfile
-import time
-from datetime import date
-from pathlib import Path
 
 import httpx
 
-from figures import percentile
-from serve_app.launcher import scratch_database, serve
+from figures import measured_on, percentile
+from harness import job_seconds, run_directory, tiny_service
+from serve_app.launcher import serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino"}
-
-
-def job_seconds(client: httpx.Client, body: dict, poll: float) -> tuple[float, dict]:
-    started = time.perf_counter()
-    job_id = client.post("/generate", json=body).json()["job_id"]
-    while (job := client.get(f"/jobs/{job_id}").json())["status"] not in ("completed", "failed"):
-        time.sleep(poll)
-    return time.perf_counter() - started, job
 
 
 def main() -> None:
@@ -42,10 +29,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--poll-ms", type=float, default=5)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="sastre-bench-"))
-    settings = {"database_url": scratch_database(workdir), "data_dir": str(workdir / "data"),
-                "model_profile": "tiny-random", "image_size": args.size, "poll_seconds": 0.5,
-                "rate_limit_generate": "1000000/minute"}
+    workdir = run_directory("bench")
+    settings = tiny_service(workdir, args.size, poll_seconds=0.5)
     rendered, cached = [], []
     with serve(workdir, settings, startup_timeout=600) as launched, \
             httpx.Client(base_url=launched.base_url, timeout=120) as client:
@@ -67,7 +52,7 @@ def main() -> None:
     for name, hit, miss in rows:
         print(f"{name:36} {hit:10.1f} {miss:10.1f} {hit / miss:7.2f}")
     print(json.dumps({
-        "date": date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cores", "size": args.size,
+        **measured_on(), "size": args.size,
         "jobs": args.jobs, "poll_ms": args.poll_ms,
         "figures": {name: {"cache_hit": round(hit, 1), "rendered": round(miss, 1), "ratio": round(hit / miss, 3)}
                     for name, hit, miss in rows},

@@ -1,19 +1,23 @@
-"""The JobRunner: turns pending rows into finished images, durably.
+"""The JobWorker: turns pending rows into finished images, durably.
 
 It claims rows with `FOR UPDATE SKIP LOCKED` under a lease, renews the lease while it works, fans a
 job's cuts out concurrently to the worker deployments, and writes each cut's progress as it lands.
 A NOTIFY wakes it at once; a poll every `poll_seconds` is the fallback, and the same tick runs the
 rescuer that re-queues jobs whose runner died, or whose attempt died here. The runner never holds more
-than `concurrency` jobs, so a burst of POSTs waits in Postgres instead of piling onto the GPUs.
+than `concurrency` jobs, so a burst of POSTs waits in Postgres instead of piling onto the GPUs. Claims
+are fair across clients (`jobs.claim_jobs`), and a task of its own deletes what aged out
+(`serve_app/jobqueue/retention.py`).
 
 Each claim is an attempt with a lease of its own (`jobs.Lease`): every write carries it, and a write
 refused because the lease was lost stops that attempt (`LeaseLost`). A job this runner still has an
 attempt of is never claimed again by it, so it holds at most one attempt per job.
 
 The database work per job is kept to what the guarantees need, because under a backlog it is a
-visible share of the cost of a cut: the claim's transaction also plans the jobs it claimed (no second
-read of the row), each cut costs two progress writes whose answer says whether cancel was requested
-(no separate cancel check), and the job's last write completes it.
+visible share of the cost of a cut: the claim's transaction also reads what planning the jobs it
+claimed takes (their fabric words; no second read of the row), each cut costs two progress writes
+whose answer says whether cancel was requested (no separate cancel check), and the job's last write
+completes it. A job's cuts are planned once per attempt (`serve_app/jobqueue/plans.py`): seeds, prompts,
+digests, cache and result keys all come from that plan.
 """
 
 from __future__ import annotations
@@ -31,27 +35,31 @@ from functools import partial
 from typing import Protocol
 
 import psycopg
-from sqlalchemy.exc import InterfaceError, OperationalError
+from cachetools import LRUCache
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
-from catalog.loader import color_swatch_key
-from catalog.prompts import build_prompt
-from db import jobs
-from db.catalog import find_families_and_colors
+from db import jobs, cached_renders
+from db.fabrics import find_families_and_colors
+from db.job_failures import INTERNAL, NOT_IN_CATALOG, RENDER_FAILED, FailureReason
 from db.models import Color, FabricFamily, GenerationJob
 from deployments import metrics
-from deployments.rendering import CutTask
+from deployments.rendering import CutResult, CutTask
+from deployments.replica_health import LoopHeartbeat
 from deployments.storage import UPLOAD_PREFIX, Storage
-from serve_app.job_inputs import forget_swatch, swatch_version
-from serve_app.render_cache import RenderCache, RenderSettings
+from serve_app.jobqueue.plans import CutNotInCatalog, CutPlan, PromptWords, plan_cuts
+from serve_app.jobqueue.render_cache import RenderCache, RenderSettings
+from serve_app.jobqueue.swatches import catalog_swatch_digest
+from serve_app.jobqueue.retention import Lifetimes, prune
+from serve_app.retrying import Backoff, connection_lost, database_unavailable, retrying, worth_rendering_again
 from serve_app.settings import Settings
 
 logger = logging.getLogger("sastre.runner")
 
 SWEEP_INTERVAL_SECONDS = 600
-DB_ATTEMPTS = 10  # backoff 0.2 s doubling to 5 s: about 30 s in all
-CACHE_PLAN_SECONDS = 2.0  # longest wait for a job's swatch to key the render cache (see _plan_cache)
+DB_ATTEMPTS = 10  # tries of a database call, 0.2 s apart doubling to 5 s (see _db): rides out a ~26 s restart
+RESCUE_BACKOFF = Backoff(2.0, cap=300.0)  # when a job whose attempt died (its lease ran out) is due again
+CACHE_PLAN_SECONDS = 2.0  # longest wait for a catalog swatch's digest to key the render cache (see _swatch_digest)
 LOOP_DB_THREADS = 4  # database threads for the loop's own calls, besides one per job in hand
 DEFAULTS = Settings.model_fields  # the runner's defaults are the service's, written once in Settings
 
@@ -69,30 +77,39 @@ class CutFailed(Exception):
     """A cut kept failing after its retries."""
 
 
+class NotInCatalog(LookupError):
+    """The job's fabric, color or cut left the catalog after it was accepted: it can never run."""
+
+
 class LeaseLost(Exception):
     """This attempt's lease lapsed and the job went back to the queue: the attempt must stop."""
 
 
 class CutRenderer(Protocol):
-    async def render(self, task: CutTask) -> dict:
-        """Produce, watermark and store one cut; returns {url, key, seed, ip_adapter_fallback}."""
+    async def render(self, task: CutTask) -> CutResult:
+        """Produce, watermark and store one cut."""
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claimed attempt and its plan, made in the claim's transaction: the cuts still to render, the
-    progress entries of cuts an earlier attempt finished, or why the job cannot run (`LookupError`)."""
+    """One claimed attempt, with what its claim's transaction read: the job's fabric words (for its plan),
+    the progress entries of cuts an earlier attempt finished, or why the job cannot run (`NotInCatalog`)."""
 
     lease: jobs.Lease
-    tasks: list[CutTask] = field(default_factory=list)
+    job: GenerationJob | None = None  # the claimed row
+    words: PromptWords | None = None
+    color_version: int = 0  # the color's `swatch_version`: with the job's swatch key, names a catalog swatch
     done: dict[str, dict] = field(default_factory=dict)
-    error: LookupError | None = None
-    job: GenerationJob | None = None  # the claimed row, for the render cache's keys
+    error: NotInCatalog | None = None
 
 
-def result_key(job: GenerationJob, cut: str) -> str:
-    """`generated/{family}/{color}/{run_id}/{cut}.jpg`; run_id is the job id, so a retry overwrites."""
-    return f"generated/{job.family_id}/{job.color_id}/{job.job_id}/{cut}.jpg"
+def failure_reason(error: Exception) -> FailureReason:
+    """What the client is told of a failed job; the exception's own text goes to logs and admins."""
+    if isinstance(error, NotInCatalog):
+        return NOT_IN_CATALOG
+    if isinstance(error, CutFailed):
+        return RENDER_FAILED
+    return INTERNAL
 
 
 def libpq_url(url: str) -> str:
@@ -103,7 +120,7 @@ def libpq_url(url: str) -> str:
 FINAL_OUTCOMES = {jobs.complete_job: "completed", jobs.fail_job: "failed", jobs.mark_canceled: "canceled"}
 
 
-class JobRunner:
+class JobWorker:
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -120,6 +137,8 @@ class JobRunner:
         cut_retry_seconds: float = DEFAULTS["cut_retry_seconds"].default,
         render: RenderSettings | None = None,
         paused: bool = DEFAULTS["runner_paused"].default,
+        lifetimes: Lifetimes | None = None,
+        prune_interval_seconds: float = DEFAULTS["prune_interval_seconds"].default,
     ) -> None:
         self.sessions = sessions
         self.paused = paused
@@ -134,8 +153,14 @@ class JobRunner:
         self.storage = storage
         self.upload_ttl_seconds = upload_ttl_seconds
         # The render cache needs the stored images; None (no render settings, no storage): every cut renders.
-        self.cache = RenderCache(sessions, storage, catalog, render) if render and storage else None
+        self.render = render if render and storage else None
+        self.cache = RenderCache(sessions, storage) if self.render is not None else None
+        # (catalog swatch key, its color's swatch_version) -> digest, for jobs accepted without one
+        # (see _swatch_digest)
+        self.swatch_digests: LRUCache = LRUCache(1024)
         self._next_sweep = 0.0
+        self.lifetimes = lifetimes  # None: nothing ages out (what it deletes needs the storage too)
+        self.prune_interval_seconds = prune_interval_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.db_attempts = DB_ATTEMPTS
         self.active: dict[str, asyncio.Task] = {}  # job id -> the task of the one attempt held here
@@ -146,6 +171,7 @@ class JobRunner:
         self._lease_thread = ThreadPoolExecutor(1, thread_name_prefix="runner-lease")
         self._wake = asyncio.Event()
         self._stopping = False
+        self.loop_heartbeat = LoopHeartbeat()  # stamped each time the claim loop goes round (check_health reads it)
 
     # -- the loop --------------------------------------------------------------------------------
     async def run_forever(self) -> None:
@@ -153,12 +179,18 @@ class JobRunner:
         self._wake = asyncio.Event()  # bound to this loop
         if self.paused:  # claim nothing until stopped: the jobs wait in the table for a runner that claims
             while not self._stopping:
-                await self._wake.wait()
+                self.loop_heartbeat.beat()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+                except asyncio.TimeoutError:
+                    pass
             return
         listener = asyncio.create_task(self._listen())
         heartbeat = asyncio.create_task(self._heartbeat())
+        ageing = asyncio.create_task(self._age_out())
         try:
             while not self._stopping:
+                self.loop_heartbeat.beat()
                 try:
                     await self._in(self._db_threads, self._housekeeping)
                     await self.claim_and_start()
@@ -174,6 +206,7 @@ class JobRunner:
         finally:
             listener.cancel()
             heartbeat.cancel()
+            ageing.cancel()
 
     def stop(self) -> None:
         self._stopping = True
@@ -217,8 +250,6 @@ class JobRunner:
     def _finished(self, job_id: str, task: asyncio.Task) -> None:
         if self.active.get(job_id) is task:
             del self.active[job_id], self.leases[job_id]
-            if self.cache is not None:
-                self.cache.close(job_id)
         self._wake.set()  # capacity freed: look for more work now
 
     async def backlog(self) -> jobs.Backlog:
@@ -249,7 +280,7 @@ class JobRunner:
         with self.sessions.begin() as session:
             # Attempts running here are renewed by our heartbeat: a late renewal must not make us rescue
             # ourselves. A job of ours whose attempt died (say in a database outage) is rescued like any.
-            rescued = jobs.release_expired_leases(session, spare=list(self.leases.values()))
+            rescued = jobs.release_expired_leases(session, RESCUE_BACKOFF.schedule(), spare=list(self.leases.values()))
             for job_id, status in rescued:
                 logger.warning("job %s lost its runner's lease; now %s", job_id, status)
             backlog = jobs.backlog(session)
@@ -263,19 +294,29 @@ class JobRunner:
             if removed:
                 logger.info("expired %d uploaded swatches", removed)
 
-    async def _listen(self) -> None:
-        """LISTEN for new-job notifications; reconnects forever, the poll covers the gaps."""
+    async def _age_out(self) -> None:
+        """Every `prune_interval_seconds`, from the start: delete what aged out (serve_app/jobqueue/retention.py).
+        Its own task, so a long prune never delays a claim."""
+        if self.lifetimes is None or self.storage is None:
+            return
         while not self._stopping:
             try:
+                await self._in(self._db_threads, prune, self.sessions, self.storage, self.lifetimes)
+            except Exception:  # the database may be briefly away: the next interval tries again
+                logger.exception("pruning aged-out data failed; retrying in %.0f s", self.prune_interval_seconds)
+            await asyncio.sleep(self.prune_interval_seconds)
+
+    async def _listen(self) -> None:
+        """LISTEN for new-job notifications, for as long as the runner runs (`run_forever` cancels it); a
+        lost connection is made again every poll interval, and meanwhile the poll finds the work."""
+        reconnecting = retrying("the runner's LISTEN connection (polling meanwhile)", retry_if=connection_lost,
+                                backoff=Backoff(self.poll_seconds, cap=self.poll_seconds), tries=None, log=logger)
+        async for attempt in reconnecting:
+            with attempt:
                 async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {jobs.NOTIFY_CHANNEL}")
                     async for _ in conn.notifies():
                         self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("LISTEN connection lost (%s); polling until it is back", exc)
-                await asyncio.sleep(self.poll_seconds)
 
     async def _heartbeat(self) -> None:
         while True:  # cancelled by run_forever once the last job is done
@@ -298,58 +339,63 @@ class JobRunner:
 
     # -- one job -----------------------------------------------------------------------------------
     def _plan(self, job: GenerationJob, family: FabricFamily | None, color: Color | None) -> Claim:
-        """The claimed job's cuts as tasks, and the progress entries of cuts an earlier attempt finished.
-
-        The prompt's fabric and color words are the database's, as they are when the attempt starts, so
-        an admin's edit shows in the next job; the cuts (prompt text, template) are the catalog's assets.
-        """
+        """What the attempt needs from the claim's transaction: the job's fabric words, as the database has
+        them when the attempt starts (so an admin's edit shows in the next job), and the progress entries
+        of cuts an earlier attempt finished. The cuts themselves are planned by `_plan_cuts`."""
         lease = jobs.lease_of(job)
         if family is None or color is None:
-            return Claim(lease, error=LookupError(f"fabric {job.family_id}/{job.color_id} is no longer in the catalog"))
-        version = swatch_version(job.job_id, job.swatch_key, color_swatch_key(family, color), color.swatch_version)
-        tasks = []
-        for index, cut in enumerate(job.cuts):
-            spec = self.catalog.cut(cut)
-            if spec is None:
-                return Claim(lease, error=LookupError(f"cut {cut!r} is no longer in the catalog"))
-            tasks.append(CutTask(
-                job_id=job.job_id, cut=cut,
-                prompt=build_prompt(spec.prompt, family.fabric, color.english),
-                template_png=spec.template_png(), swatch_key=job.swatch_key, seed=job.seed + index,
-                result_key=result_key(job, cut), template_digest=spec.template_digest, swatch_version=version,
-            ))
+            return Claim(lease, error=NotInCatalog(f"fabric {job.family_id}/{job.color_id} is no longer in the catalog"))
         done = {cut: entry for cut, entry in job.cut_progress.items()
                 if entry.get("status") == "completed" and entry.get("key")}
-        return Claim(lease, tasks, done, job=job)
+        return Claim(lease, job, PromptWords(family.fabric, color.english), color.swatch_version, done)
 
-    async def _plan_cache(self, job: GenerationJob, tasks: list[CutTask]) -> None:
-        """Work out the job's render-cache keys, which takes a read of its swatch. The cache only saves
-        work, so a store that does not answer within `CACHE_PLAN_SECONDS` costs the job its cache, never
-        its progress: it renders, and the stage timeouts deal with the store as they always do."""
+    async def _plan_cuts(self, claim: Claim) -> list[tuple[CutPlan, CutTask]]:
+        """The job's plan (`plan_cuts`), and the workers' task for each cut."""
+        job = claim.job
         try:
-            keys = await asyncio.wait_for(self._in(self._db_threads, self.cache.keys, job, tasks), CACHE_PLAN_SECONDS)
+            plans = plan_cuts(job, self.catalog, claim.words, self.render,
+                              await self._swatch_digest(job, claim.color_version))
+        except CutNotInCatalog as exc:
+            raise NotInCatalog(str(exc)) from None
+        return [(plan, CutTask(job_id=job.job_id, cut=plan.cut, prompt=plan.prompt,
+                               template_png=self.catalog.cut(plan.cut).template_png(), swatch_key=job.swatch_key,
+                               seed=plan.seed, result_key=plan.result_key, template_digest=plan.template_digest,
+                               swatch_digest=plan.swatch_digest))
+                for plan in plans]
+
+    async def _swatch_digest(self, job: GenerationJob, color_version: int) -> str | None:
+        """The digest of a catalog swatch a job was accepted without (POST /generate for a catalog color,
+        whose key the INSERT itself reads): read once per swatch version by this runner, since the key
+        and the color's `swatch_version` name the content (an admin's replacement bumps the version).
+        With it the generator finds the swatch's embedding without reading it, and the render cache has
+        its keys. It only saves work, so a store that does not answer within `CACHE_PLAN_SECONDS` costs
+        the job that, never its progress: the generator reads the swatch itself then."""
+        if job.swatch_digest is not None or job.swatch_key is None or self.storage is None:
+            return None
+        named = (job.swatch_key, color_version)
+        if (digest := self.swatch_digests.get(named)) is not None:
+            return digest
+        try:
+            digest = await asyncio.wait_for(self._in(self._db_threads, catalog_swatch_digest, self.storage,
+                                                     job.swatch_key), CACHE_PLAN_SECONDS)
         except asyncio.TimeoutError:
-            logger.warning("job %s: its swatch did not answer within %.0f s; rendering without the render cache",
-                           job.job_id, CACHE_PLAN_SECONDS)
-            keys = None
-        self.cache.plan(job.job_id, keys)
+            logger.warning("job %s: its swatch did not answer within %.0f s; planned without its digest (no render "
+                           "cache; the generator reads the swatch)", job.job_id, CACHE_PLAN_SECONDS)
+            return None
+        if digest is not None:
+            self.swatch_digests[named] = digest
+        return digest
 
     @staticmethod
     async def _in(pool: ThreadPoolExecutor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def _db(self, fn, *args):
-        """Run a blocking database call off the loop, riding out a database restart of up to ~30 s."""
-        delay = 0.2
-        for attempt in range(self.db_attempts):
-            try:
-                return await self._in(self._db_threads, fn, *args)
-            except (OperationalError, InterfaceError) as exc:
-                if attempt == self.db_attempts - 1:
-                    raise
-                logger.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """Run a blocking database call off the loop, riding out a database restart. Only an unavailable
+        database is retried: any other error is the call's answer."""
+        riding_out = retrying("a database call", retry_if=database_unavailable, backoff=Backoff(0.2, cap=5.0),
+                              tries=self.db_attempts, log=logger)
+        return await riding_out(self._in, self._db_threads, fn, *args)
 
     def _record(self, lease: jobs.Lease, cut: str, entry: dict) -> bool:
         """Write one cut's progress; True when the client has asked to cancel the job (the same statement)."""
@@ -359,17 +405,29 @@ class JobRunner:
             raise LeaseLost(lease.job_id)
         return recorded.cancel_requested
 
+    def _record_hit(self, lease: jobs.Lease, cut: str, entry: dict) -> bool | None:
+        """`_record` for a render-cache hit, with the entry still there (`cached_renders.touch`, same
+        transaction, so the prune cannot delete its object in between); None when it aged out meanwhile."""
+        with self.sessions.begin() as session:
+            if not cached_renders.touch(session, entry["key"]):
+                return None
+            recorded = jobs.record_cut(session, lease, cut, entry)
+        if recorded is None:
+            raise LeaseLost(lease.job_id)
+        return recorded.cancel_requested
+
     async def process(self, claim: Claim) -> None:
-        lease, tasks, done = claim.lease, claim.tasks, claim.done
+        lease, done = claim.lease, claim.done
         job_id = lease.job_id
         finish = partial(self._finish, created_at=claim.job.created_at if claim.job is not None else None)
+        cuts: list[tuple[CutPlan, CutTask]] = []
         try:
             if claim.error is not None:
                 raise claim.error
-            if self.cache is not None:
-                await self._plan_cache(claim.job, tasks)
+            cuts = await self._plan_cuts(claim)
             async with asyncio.TaskGroup() as group:
-                running = {t.cut: group.create_task(self._run_cut(lease, t)) for t in tasks if t.cut not in done}
+                running = {plan.cut: group.create_task(self._run_cut(lease, plan, task))
+                           for plan, task in cuts if plan.cut not in done}
             results = {**done, **{cut: task.result() for cut, task in running.items()}}
         except Exception as exc:
             errors = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
@@ -377,48 +435,54 @@ class JobRunner:
                 logger.warning("job %s: this attempt lost its lease (the job was re-queued); stopping it", job_id)
                 return
             if any(isinstance(error, JobCanceled) for error in errors):
-                if await self._db(finish, jobs.mark_canceled, lease):
-                    await self._forget_swatch(job_id, tasks)
+                await self._db(finish, jobs.mark_canceled, lease)
                 logger.info("job %s canceled", job_id)
                 return
             first = errors[0]
             logger.error("job %s failed: %s: %s", job_id, type(first).__name__, first)
-            await self._db(finish, jobs.fail_job, lease, f"{type(first).__name__}: {first}")
+            await self._db(finish, jobs.fail_job, lease, failure_reason(first), f"{type(first).__name__}: {first}")
             return
-        if await self._db(finish, jobs.complete_job, lease, [results[t.cut]["url"] for t in tasks]):
-            await self._forget_swatch(job_id, tasks)
-            logger.info("job %s completed (%d cuts, %d reused from an earlier attempt)", job_id, len(tasks), len(done))
+        if await self._db(finish, jobs.complete_job, lease, [results[plan.cut]["url"] for plan, _ in cuts]):
+            logger.info("job %s completed (%d cuts, %d reused from an earlier attempt)", job_id, len(cuts), len(done))
 
-    async def _run_cut(self, lease: jobs.Lease, task: CutTask) -> dict:
-        """One cut, retried with backoff; the cancel flag is checked at every cut boundary, by the
-        progress write that marks it (before each render attempt, and when it is done).
+    async def _run_cut(self, lease: jobs.Lease, plan: CutPlan, task: CutTask) -> dict:
+        """One cut, in up to `cut_attempts` attempts `cut_retry_seconds` apart, doubling. Only a failure another
+        attempt can cure is retried (`worth_rendering_again`); the one that ends it fails the cut (`CutFailed`).
+        The cancel flag is checked at every cut boundary, by the progress write that marks it (before each
+        render attempt, and when it is done).
 
-        A cut the render cache has is not rendered: its stored image completes it at once."""
-        if self.cache is not None and (hit := await self._db(self.cache.lookup, task)) is not None:
-            if await self._db(self._record, lease, task.cut, hit):
+        A cut the render cache has is not rendered: its stored image completes it at once (unless its entry
+        aged out between the look-up and the record: then it renders)."""
+        cache = plan.cache_entry if self.cache is not None else None
+        if cache is not None and (hit := await self._db(self.cache.lookup, task.job_id, task.cut, task.seed,
+                                                         cache)) is not None:
+            canceled = await self._db(self._record_hit, lease, task.cut, hit)
+            if canceled:
                 raise JobCanceled()
-            return hit
-        for attempt in range(1, self.cut_attempts + 1):
-            if await self._db(self._record, lease, task.cut,
-                              {"status": "processing", "seed": task.seed, "attempt": attempt}):
-                raise JobCanceled()
-            try:
-                result = await self.renderer.render(task)
-                break
-            except Exception as exc:
-                if attempt == self.cut_attempts:
-                    raise CutFailed(f"cut {task.cut} failed {attempt} times; last error: "
-                                    f"{type(exc).__name__}: {str(exc)[:300]}") from exc
-                delay = self.cut_retry_seconds * 2 ** (attempt - 1)
-                logger.warning("job %s cut %s attempt %d failed (%s); retrying in %.1f s",
-                               task.job_id, task.cut, attempt, type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-        entry = {"status": "completed", "seed": task.seed, "url": result["url"], "key": result["key"],
-                 "ip_adapter_fallback": result["ip_adapter_fallback"], "attempt": attempt, "cached": False,
+            if canceled is not None:
+                return hit
+        rendering = retrying(f"job {task.job_id} cut {task.cut}", retry_if=worth_rendering_again,
+                             backoff=Backoff(self.cut_retry_seconds), tries=self.cut_attempts, log=logger)
+        attempt = 0
+        try:
+            async for trying in rendering:
+                with trying:
+                    attempt = trying.retry_state.attempt_number
+                    if await self._db(self._record, lease, task.cut,
+                                      {"status": "processing", "seed": task.seed, "attempt": attempt}):
+                        raise JobCanceled()
+                    result = await self.renderer.render(task)
+        except (JobCanceled, LeaseLost):
+            raise
+        except Exception as exc:  # given up: tried `cut_attempts` times, or failed in a way no retry cures
+            raise CutFailed(f"cut {task.cut} failed {attempt} time{'s' if attempt > 1 else ''}; last error: "
+                            f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        entry = {"status": "completed", "seed": task.seed, "url": result.url, "key": result.key,
+                 "ip_adapter_fallback": result.ip_adapter_fallback, "attempt": attempt, "cached": False,
                  "finished_at": datetime.now(timezone.utc).isoformat()}
         canceled = await self._db(self._record, lease, task.cut, entry)
-        if self.cache is not None:
-            await self._db(self.cache.remember, task, entry)
+        if cache is not None:
+            await self._db(self.cache.remember, task.job_id, cache, entry)
         if canceled:
             raise JobCanceled()
         return entry
@@ -438,8 +502,3 @@ class JobRunner:
         logger.warning("job %s: its lease was lost before %s; the write was refused", lease.job_id,
                        operation.__name__)
         return False
-
-    async def _forget_swatch(self, job_id: str, tasks: list[CutTask]) -> None:
-        """The job is done (its final write landed): its own swatch copy is no longer needed."""
-        if self.storage is not None and tasks:
-            await self._in(self._db_threads, forget_swatch, self.storage, job_id, tasks[0].swatch_key)

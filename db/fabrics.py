@@ -5,11 +5,15 @@ Routes and the runner call these by name; the SQL lives here.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Color, FabricFamily
+
+Row = TypeVar("Row", FabricFamily, Color)
 
 
 def find_family_and_color(session: Session, family_id: str, color_id: str) -> tuple[FabricFamily | None, Color | None]:
@@ -43,19 +47,27 @@ def family_exists(session: Session, family_id: str) -> bool:
     return session.scalar(select(FabricFamily.id).where(FabricFamily.family_id == family_id)) is not None
 
 
-def add_family(session: Session, **fields) -> FabricFamily:
-    family = FabricFamily(**fields)
-    session.add(family)
+def _inserted(session: Session, row: Row) -> Row:
+    """`row` added and flushed, so the caller reads its id and server defaults at once."""
+    session.add(row)
     session.flush()
-    return family
+    return row
+
+
+def _changed(session: Session, row: Row, changes: dict) -> None:
+    """`changes` (column name -> value) written to `row` and flushed."""
+    for name, value in changes.items():
+        setattr(row, name, value)
+    session.flush()
+
+
+def add_family(session: Session, **fields) -> FabricFamily:
+    return _inserted(session, FabricFamily(**fields))
 
 
 def update_family(session: Session, family: FabricFamily, changes: dict) -> None:
-    for name, value in changes.items():
-        setattr(family, name, value)
-    family.updated_at = func.now()
-    session.flush()
-    session.refresh(family)
+    _changed(session, family, {**changes, "updated_at": func.now()})
+    session.refresh(family)  # updated_at is the server's now()
 
 
 def delete_family(session: Session, family: FabricFamily) -> None:
@@ -75,16 +87,11 @@ def color_exists(session: Session, color_id: str) -> bool:
 
 
 def add_color(session: Session, family: FabricFamily, **fields) -> Color:
-    color = Color(fabric_family_id=family.id, **fields)
-    session.add(color)
-    session.flush()
-    return color
+    return _inserted(session, Color(fabric_family_id=family.id, **fields))
 
 
 def update_color(session: Session, color: Color, changes: dict) -> None:
-    for name, value in changes.items():
-        setattr(color, name, value)
-    session.flush()
+    _changed(session, color, changes)
 
 
 def swatch_in_use(session: Session, key: str) -> bool:

@@ -9,7 +9,9 @@ with `Retry-After`.
 
 The client is the connecting address. When that address is a trusted proxy (`SASTRE_TRUSTED_PROXIES`,
 addresses or networks), it is the nearest `X-Forwarded-For` hop that is not itself a trusted proxy:
-hops further left were written by the client and prove nothing.
+hops further left were written by the client and prove nothing. The connecting address is the caller's
+own through every hop a local run adds (the bridge, HAProxy, Serve's proxy: see `serve_app.cli.
+caller_environment`), so those need no entry here.
 """
 
 from __future__ import annotations

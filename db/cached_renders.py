@@ -1,14 +1,15 @@
 """Render-cache queries on `render_cache`: find a completed cut by its inputs' hash, remember one, forget.
 
 An entry points at the stored image of the cut that made it (`object_key`); a hit reuses that object and
-copies nothing. Nothing deletes `generated/` objects today; whatever prunes them one day must first
-delete the entries that name them. Entries are only added by a completed render and removed here,
-never updated: two runners finishing the same inputs at once keep the first (their images are equal).
+copies nothing. Entries age from their last hit (`used_at`, set by `touch`); the prune
+(`db/retention.py`) deletes unused ones and an object only once no entry or job names it. Entries are
+only added by a completed render; two runners finishing the same inputs at once keep the first (their
+images are equal).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -58,3 +59,15 @@ def catalog_renders_in_flight(session: Session, seed: int) -> set[tuple[str, str
                func.json_array_length(GenerationJob.cuts) == 1)
     )
     return {(color_id, cuts[0]) for color_id, cuts in rows}
+
+
+def touch(session: Session, object_key: str) -> bool:
+    """A hit on the entries naming `object_key`: they were used now (they age from here). False when no
+    entry names it any more (it aged out meanwhile): the hit must not be used, its object may be gone.
+
+    The caller records the hit in the same transaction: the row lock taken here keeps the prune from
+    deleting the entry (and then the object) until the job's row names the object too.
+    """
+    touched = session.execute(update(RenderCacheEntry).where(RenderCacheEntry.object_key == object_key)
+                              .values(used_at=func.now()))
+    return touched.rowcount > 0
