@@ -112,6 +112,20 @@ async def tcp_to_unix(directory: Path, ports: list[int]) -> list[asyncio.Server]
     return [await asyncio.start_server(_forward(opener(port)), "127.0.0.1", port) for port in ports]
 
 
+def _listening_unix_socket(path: Path) -> socket.socket:
+    """A Unix socket already listening when its file appears at `path` (owner only): bound and listened
+    on under a temporary name, then renamed into place, so whoever sees the file can connect (a socket
+    file exists from `bind`, and a connect before `listen` is refused)."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(staging))
+    sock.listen(socket.SOMAXCONN)
+    os.chmod(staging, 0o600)
+    os.replace(staging, path)
+    return sock
+
+
 def start_unix_to_tcp(directory: Path, ports: list[int]) -> None:
     """Namespace side, in a daemon thread: <directory>/<port>.sock → 127.0.0.1:port, connecting from
     the caller's own loopback address (named by the connection's first line)."""
@@ -126,10 +140,7 @@ def start_unix_to_tcp(directory: Path, ports: list[int]) -> None:
 
     async def serve() -> None:
         for port in ports:
-            path = socket_path(directory, port)
-            path.unlink(missing_ok=True)
-            await asyncio.start_unix_server(_forward(opener(port)), str(path))
-            os.chmod(path, 0o600)
+            await asyncio.start_unix_server(_forward(opener(port)), sock=_listening_unix_socket(socket_path(directory, port)))
         await asyncio.Event().wait()
 
     threading.Thread(target=asyncio.run, args=(serve(),), daemon=True, name="netns-bridge").start()

@@ -1,4 +1,5 @@
-"""A database outage on 127.0.0.1: a TCP proxy in front of PostgreSQL that a test can cut and restore.
+"""Database trouble a test can cause: an outage on 127.0.0.1 (a TCP proxy in front of PostgreSQL that
+a test can cut and restore), and a table locked past the statement timeout.
 
 The service (or a unit test's engine) is given `proxy.url` instead of the database's own URL, so only
 what goes through the proxy loses the database; the test keeps its own direct connection.
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Literal
 from urllib.parse import quote
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.fault_proxy import TcpProxy, close_socket, splice
@@ -59,3 +62,42 @@ class DatabaseProxy(TcpProxy[Mode]):
             return
         self._track(upstream)
         splice(client, upstream)
+
+
+class TableLock:
+    """`LOCK TABLE … IN ACCESS EXCLUSIVE MODE` on its own thread (a migration, a VACUUM FULL, a stuck
+    transaction): taken `after` seconds from `start()`, held `hold` seconds from the moment it is granted.
+
+    Load tests run "until the lock is over", not for a fixed time: on a loaded machine the lock can be
+    granted seconds late, and a fixed window could then end before any request met it.
+    """
+
+    def __init__(self, database_url: str, table: str, *, after: float, hold: float) -> None:
+        self.database_url, self.table, self.after, self.hold = database_url, table, after, hold
+        self.granted: float | None = None  # time.monotonic() when the lock was granted
+        self.released = threading.Event()
+        self._released_at = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> TableLock:
+        self._thread.start()
+        return self
+
+    def over_for(self, seconds: float) -> bool:
+        """Whether the lock was released at least `seconds` ago (it was not, while it is still to come)."""
+        return self.released.is_set() and time.monotonic() >= self._released_at + seconds
+
+    def join(self) -> None:
+        self._thread.join()
+        assert self.granted is not None, "the lock was never taken"
+
+    def _run(self) -> None:
+        try:
+            time.sleep(self.after)
+            with psycopg.connect(self.database_url) as conn:
+                conn.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
+                self.granted = time.monotonic()
+                time.sleep(self.hold)
+        finally:
+            self._released_at = time.monotonic()
+            self.released.set()

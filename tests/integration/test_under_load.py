@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import httpx
-import psycopg
 import pytest
 
 from db.engine import make_sessionmaker
 from serve_app.admin.auth.service import create_user
+from tests.database_faults import TableLock
 from tests.integration.test_service import NAVY, _wait
 
 pytestmark = pytest.mark.integration
@@ -69,19 +69,13 @@ def test_300_clients_while_jobs_run_and_a_lock_outlasts_the_statement_timeout(se
     job_ids = [r.json()["job_id"] for r in accepted]
     assert ingress["pool"]["size"] >= ingress["threads"]  # every route thread has its connection
 
-    def hold_lock() -> None:  # a migration, a VACUUM FULL, a stuck transaction
-        time.sleep(3)
-        with psycopg.connect(service_database_url) as conn:
-            conn.execute("LOCK TABLE generation_jobs IN ACCESS EXCLUSIVE MODE")
-            time.sleep(4)
-
-    async def clients(seconds: float) -> list[tuple[int, str | None]]:
+    async def clients(done: Callable[[], bool]) -> list[tuple[int, str | None]]:
         results: list[tuple[int, str | None]] = []
         limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
         async with httpx.AsyncClient(base_url=service.base_url, limits=limits, timeout=60) as client:
             async def one(index: int) -> None:
-                end, turn = time.monotonic() + seconds, 0
-                while time.monotonic() < end:
+                turn = 0
+                while not done():
                     turn += 1
                     try:
                         if (index + turn) % 40 == 0:
@@ -99,10 +93,9 @@ def test_300_clients_while_jobs_run_and_a_lock_outlasts_the_statement_timeout(se
             await asyncio.gather(*(one(i) for i in range(CLIENTS)))
         return results
 
-    locker = threading.Thread(target=hold_lock)
-    locker.start()
-    results = asyncio.run(clients(seconds=12))
-    locker.join()
+    lock = TableLock(service_database_url, "generation_jobs", after=3, hold=4).start()
+    results = asyncio.run(clients(lambda: lock.over_for(5)))
+    lock.join()
     statuses = Counter(status for status, _ in results)
     assert set(statuses) <= {200, 202, 503}, statuses
     assert statuses[503] > 0, statuses  # the lock did outlast the statement timeout …

@@ -39,10 +39,11 @@ def test_unix_socket_reaches_the_tcp_port_behind_it(tmp_path):
 
 
 async def _wait_for(path) -> None:
-    for _ in range(100):
+    for _ in range(500):
         if path.exists():
             return
         await asyncio.sleep(0.02)
+    raise AssertionError(f"{path} never appeared")
 
 
 def test_host_port_reaches_the_unix_socket_led_by_the_callers_address(tmp_path):

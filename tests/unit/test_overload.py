@@ -5,12 +5,11 @@ timeout. Overload is a 503 with Retry-After and a JSON body, never a 500."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import httpx
-import psycopg
 from sqlalchemy import create_engine
 
 from catalog.data import load_catalog
@@ -20,6 +19,7 @@ from deployments.replica_health import PROBE_CONNECTIONS
 from deployments.storage import LocalStorage
 from serve_app.deps import Services
 from serve_app.settings import Settings
+from tests.database_faults import TableLock
 from tests.servers import uvicorn_serving
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
@@ -38,15 +38,19 @@ def services_for(sessions, tmp_path, pooled_sessions, hot_engines=None, **settin
                     catalog=catalog, hot_engines=hot_engines)
 
 
-async def clients(base_url: str, job_ids: list[str], seconds: float) -> list[tuple[int, str | None, str]]:
-    """CLIENTS clients, each polling a job and now and then posting one, for `seconds`."""
+def for_seconds(seconds: float) -> Callable[[], bool]:
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() >= end
+
+
+async def clients(base_url: str, job_ids: list[str], done: Callable[[], bool]) -> list[tuple[int, str | None, str]]:
+    """CLIENTS clients, each polling a job and now and then posting one, until `done()`."""
     results: list[tuple[int, str | None, str]] = []
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
         async def one(index: int) -> None:
-            end = time.monotonic() + seconds
             turn = 0
-            while time.monotonic() < end:
+            while not done():
                 turn += 1
                 try:
                     if (index + turn) % 10 == 0:
@@ -80,7 +84,7 @@ def test_300_clients_on_a_pool_smaller_than_the_threads_get_no_500(sessions, dat
     services = services_for(sessions, tmp_path, make_sessionmaker(engine), starved, ingress_threads=40)
     with uvicorn_serving(services, backlog=CLIENTS * 2, timeout_keep_alive=30) as base_url:
         job_ids = [httpx.post(f"{base_url}/generate", json=NAVY).json()["job_id"] for _ in range(5)]
-        results = asyncio.run(clients(base_url, job_ids, seconds=4))
+        results = asyncio.run(clients(base_url, job_ids, for_seconds(4)))
     engine.dispose()
     statuses = assert_overload_is_503_with_retry_after(results)
     assert statuses[503] > 0 and statuses[200] > 0, statuses  # it did run dry, and it still served
@@ -94,17 +98,9 @@ def test_300_clients_on_the_sized_pool_while_a_lock_outlasts_the_statement_timeo
     services = services_for(sessions, tmp_path, pooled, ingress_threads=8, db_statement_timeout_seconds=0.5)
     with uvicorn_serving(services, backlog=CLIENTS * 2, timeout_keep_alive=30) as base_url:
         job_ids = [httpx.post(f"{base_url}/generate", json=NAVY).json()["job_id"] for _ in range(5)]
-
-        def hold_lock() -> None:
-            time.sleep(1)
-            with psycopg.connect(database_url) as conn:
-                conn.execute("LOCK TABLE generation_jobs IN ACCESS EXCLUSIVE MODE")
-                time.sleep(2)
-
-        locker = threading.Thread(target=hold_lock)
-        locker.start()
-        results = asyncio.run(clients(base_url, job_ids, seconds=4))
-        locker.join()
+        lock = TableLock(database_url, "generation_jobs", after=1, hold=2).start()
+        results = asyncio.run(clients(base_url, job_ids, lambda: lock.over_for(1)))
+        lock.join()
     engine = pooled.kw["bind"]
     assert engine.pool.size() == 8 + PROBE_CONNECTIONS and engine.pool.overflow() <= 0  # the threads' and the probe's
     engine.dispose()
