@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 
@@ -15,8 +16,12 @@ def swatch_key(collection: str, swatch_code: str, extension: str = "png") -> str
     return f"{collection}/{swatch_code}.{extension}"
 
 
+@functools.lru_cache(maxsize=64)
 def render_swatch(hex_value: str, swatch_code: str, size: int = 256) -> bytes:
-    """A twill-like weave in `hex_value`: warp/weft stripes plus yarn noise seeded by the swatch code."""
+    """A twill-like weave in `hex_value`: warp/weft stripes plus yarn noise seeded by the swatch code.
+
+    Woven once per process: the bytes depend on the arguments alone, and an optimized PNG costs ~40 ms
+    (every store that a catalog is put into, in tests every test's, would otherwise pay it again)."""
     base = np.array([int(hex_value[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.float32)
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(swatch_code.encode()).digest()[:8], "big"))
     y, x = np.mgrid[0:size, 0:size]

@@ -7,8 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from deployments.generation import CutImage
-from deployments.rendering import CutResult
+from deployments.rendering import CutImage, CutResult
 from deployments.storage import Storage
 from deployments.watermark import apply_watermark
 

@@ -30,7 +30,7 @@ from deployments.digests import swatch_digest
 from deployments.graphs import BucketedRunner, cuda_graph_builder
 from deployments.model_loading import LoadedPipeline, load_pipeline
 from deployments.model_sources import ModelSources
-from deployments.rendering import GenerationInput
+from deployments.rendering import CutImage, GenerationInput
 from deployments.storage import ObjectMissing, Storage
 from deployments.swatch_size import fit_swatch
 
@@ -54,13 +54,6 @@ class CutRequest:
     seed: int
     swatch_digest: str | None = None
     swatch_embedding: SwatchEmbedding | None = None
-
-
-@dataclass(frozen=True)
-class CutImage:
-    pixels: np.ndarray  # HxWx3 uint8
-    seed: int
-    ip_adapter_fallback: bool  # True when the swatch was unusable and IP-Adapter ran at scale 0
 
 
 def decode_swatch(data: bytes | None) -> Image.Image | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
@@ -56,6 +57,15 @@ class GenerationInput:
     # The swatch's SHA-256 from the job's plan: the image-embedding cache's key, so the generator reads
     # the bytes only on a miss and never hashes them. None: not known (it reads and digests them).
     swatch_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class CutImage:
+    """The generator's output for one cut, on its way to the finisher."""
+
+    pixels: np.ndarray  # HxWx3 uint8
+    seed: int
+    ip_adapter_fallback: bool  # True when the swatch was unusable and IP-Adapter ran at scale 0
 
 
 @dataclass(frozen=True)

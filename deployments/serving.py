@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ray import serve
@@ -19,15 +20,15 @@ from deployments import metrics
 from deployments.batching import Batches
 from deployments.control_refs import ControlMaps, ControlRef, ControlRefs
 from deployments.finishing import JpegFinisher
-from deployments.generation import (Acceleration, CutGenerator, CutImage, CutRequest, SdxlTurboModel, model_thread,
-                                   use_cpu_threads)
-from deployments.model_loading import load_pipeline
 from deployments.model_sources import ModelSources
 from deployments.preprocessing import ControlMapper
-from deployments.rendering import CutResult, GenerationInput
+from deployments.rendering import CutImage, CutResult, GenerationInput
 from deployments.replica_health import HEALTH_CHECK, DependencyProbe
 from deployments.stages import CallsInFlight, bounded
 from deployments.storage import open_storage
+
+if TYPE_CHECKING:
+    from deployments.generation import CutRequest
 
 logger = logging.getLogger("ray.serve")
 
@@ -75,6 +76,12 @@ class SdxlTurboGenerator:
     def __init__(self, profile: str, storage: dict, sources: ModelSources, num_inference_steps: int, image_size: int,
                  max_batch_size: int, batch_wait_s: float, *, stage_timeout_s: float, cpu_threads: int = 0,
                  fault_stall_file: str | None = None) -> None:
+        # torch and diffusers load here, in the generator's replicas alone: building the app and starting
+        # the other replicas (the ingress, the runners, the other stages) never pay their import.
+        from deployments.generation import (Acceleration, CutGenerator, SdxlTurboModel, model_thread,
+                                            use_cpu_threads)
+        from deployments.model_loading import load_pipeline
+
         loaded = load_pipeline(profile, sources)
         use_cpu_threads(loaded.pipeline.device, cpu_threads)  # for the warm-up, on this thread
         self._model_thread = model_thread(loaded.pipeline.device, cpu_threads)  # for every model call after it

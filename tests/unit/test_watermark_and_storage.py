@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from deployments.finishing import JpegFinisher
-from deployments.generation import CutImage
-from deployments.rendering import CutResult
+from deployments.rendering import CutImage, CutResult
 from deployments.storage import LocalStorage, StorageError
 from deployments.watermark import _diagonal_tiling, apply_watermark, corner_label_box
 
