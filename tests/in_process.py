@@ -8,6 +8,7 @@ tests' pace, and the loop that runs a worker until a job has what a test waits f
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,14 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData, load_catalog
 from catalog.loader import sync_catalog
-from db import jobs
+from db import admin_users, jobs
 from db.models import GenerationJob
 from deployments.finishing import JpegFinisher
 from deployments.generation import CutGenerator
 from deployments.preprocessing import ControlMapper
 from deployments.rendering import RenderChain
 from deployments.storage import Storage
-from serve_app.admin.auth.service import create_user, issue_token
+from serve_app.admin.auth.service import hash_password, issue_token
 from serve_app.bootstrap import put_catalog_swatches
 from serve_app.deps import Services
 from serve_app.jobqueue.worker import CutRenderer, JobWorker
@@ -44,12 +45,18 @@ def catalog_services(sessions: sessionmaker[Session], storage: Storage, settings
     return Services(settings=settings, sessions=sessions, storage=storage, catalog=catalog, **parts)
 
 
+@functools.cache
+def _admin_password_hash() -> str:
+    """Hashed once per process: a bcrypt hash costs ~0.25 s, and most tests only need a token."""
+    return hash_password("a long enough password")
+
+
 def admin_headers(sessions: sessionmaker[Session]) -> dict[str, str]:
     """A new admin user and the Authorization header of a token for it, signed with `ADMIN_SECRET`
-    (give the app `jwt_secret=ADMIN_SECRET`)."""
+    (give the app `jwt_secret=ADMIN_SECRET`). The logins' own tests create users the app's way."""
     with sessions.begin() as session:
-        token = issue_token(create_user(session, "ops-admin", "a long enough password"), ADMIN_SECRET,
-                            timedelta(minutes=5))
+        user = admin_users.add_user(session, "ops-admin", _admin_password_hash())
+        token = issue_token(user, ADMIN_SECRET, timedelta(minutes=5))
     return {"Authorization": f"Bearer {token}"}
 
 

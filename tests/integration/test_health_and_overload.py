@@ -32,6 +32,7 @@ from tests.integration.test_service import NAVY, _wait
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 UNHEALTHY_AFTER = 6
+INGRESS_DRAIN_SECONDS = 3
 INGRESS_SLOTS, INGRESS_QUEUE = 4, 4
 RUNNER = "ServeReplica:sastre:JobRunner"
 INGRESS = "ServeReplica:sastre:Ingress"
@@ -57,7 +58,10 @@ class Guarded:
 def guarded(services, server_url, tmp_path_factory) -> Iterator[Guarded]:
     root = tmp_path_factory.mktemp("health")
     stall_file = root / "stall-the-generator"
-    with fresh_database(server_url) as database_url:
+    with fresh_database(server_url) as database_url, pytest.MonkeyPatch.context() as env:
+        # A replaced ingress replica drains for 30 s by default, for load balancers in front of the
+        # cluster; here HAProxy is the only one, and the test waits for the replaced replica to stop.
+        env.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", str(INGRESS_DRAIN_SECONDS))
         proxy = DatabaseProxy(database_url)
         engine = make_engine(database_url)
         settings = {"database_url": proxy.url, "data_dir": str(root / "data"), "model_profile": "tiny-random",

@@ -1,20 +1,24 @@
-"""Storage faults and a stuck generator on the real application (Ray Serve over HTTP, S3 on moto).
+"""S3 storage on the real application (Ray Serve over HTTP, boto3 against moto on 127.0.0.1): a whole
+job with presigned URLs, then storage faults and a stuck generator.
 
-The service reaches its bucket through a TCP proxy on 127.0.0.1 that can answer swatch reads with a
-503 or accept them and never answer; its stage timeout is short (5 s), its S3 client's timeouts are
+The service reaches its bucket through a TCP proxy on 127.0.0.1 that forwards (the whole-job test),
+or can answer swatch reads with a 503 or accept them and never answer; its stage timeout is short (5 s), its S3 client's timeouts are
 boto3's (60 s), longer than that. A fault-injection file (refused in production) makes every
 generator model call hang, as a stuck CUDA call would.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
+from PIL import Image
 from sqlalchemy.orm import sessionmaker
 
 from db import jobs
@@ -24,10 +28,12 @@ from tests.conftest import fresh_database
 from tests.integration.test_service import NAVY, _wait
 from tests.services import Services
 from tests.storage_faults import FaultProxy, MotoServer
+from tests.upload_files import image_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STAGE_TIMEOUT = 5
+IMAGE_SIZE = 64
 GENERATOR = "ServeReplica:sastre:SdxlTurboGenerator"
 
 
@@ -80,7 +86,7 @@ def store(services: Services, server_url, tmp_path_factory) -> Iterator[FaultySt
     with fresh_database(server_url) as database_url:
         engine = make_engine(database_url)
         settings = {"database_url": database_url, "data_dir": str(root / "data"), "model_profile": "tiny-random",
-                    "image_size": 64, "poll_seconds": 0.5, "storage_backend": "s3", "s3_bucket": bucket,
+                    "image_size": IMAGE_SIZE, "poll_seconds": 0.5, "storage_backend": "s3", "s3_bucket": bucket,
                     "s3_endpoint_url": proxy.endpoint_url, "s3_region": "us-east-1", "s3_access_key_id": "testing",
                     "s3_secret_access_key": "testing", "stage_timeout_seconds": STAGE_TIMEOUT, "cut_attempts": 12,
                     "cut_retry_seconds": 0.5, "fault_stall_file": str(stall_file)}
@@ -97,6 +103,43 @@ def _submit(client: httpx.Client, color_id: str = NAVY["color_id"]) -> str:
     response = client.post("/generate", json={**NAVY, "color_id": color_id, "cuts": ["recto"]})
     assert response.status_code == 202, response.text
     return response.json()["job_id"]
+
+
+def test_upload_job_and_results_live_in_the_bucket(store):
+    s3, bucket, endpoint = store.moto.client(), store.bucket, store.proxy.endpoint_url
+    with store.client() as client:
+        assert client.get("/health").json()["storage"] == {"ok": True}
+        upload = client.post("/upload-swatch", files={"file": ("s.webp", image_bytes("WEBP"), "image/webp")})
+        assert upload.status_code == 201, upload.text
+        swatch_url = upload.json()["swatch_url"]
+        assert swatch_url.startswith(f"{endpoint}/{bucket}/temp-uploads/") and "X-Amz-Signature" in swatch_url
+        job = client.post("/generate", json={**NAVY, "cuts": ["recto", "cruzado"], "swatch_url": swatch_url})
+        assert job.status_code == 202, job.text
+        final, _ = _wait(client, job.json()["job_id"])
+        catalog_url = client.get("/catalog").json()["families"][0]["colors"][0]["swatch_url"]
+    assert final["status"] == "completed", final
+    assert [p["ip_adapter_fallback"] for p in final["progress"]] == [False, False]
+
+    keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    job_id = final["job_id"]
+    result_keys = [urlparse(url).path.split(f"/{bucket}/", 1)[1] for url in final["result_urls"]]
+    assert [key.rsplit("/", 1)[1] for key in result_keys] == ["recto.jpg", "cruzado.jpg"]
+    assert all(key.startswith("generated/lana-fria/lana-fria-azul-marino/") and job_id not in key for key in result_keys)
+    expected = set(result_keys)
+    assert expected <= keys
+    assert any(k.startswith("temp-uploads/") and k.endswith(".webp") for k in keys)
+    assert "SASTRE 2026-27/095T-0121.png" in keys  # catalog swatches were put into the configured storage
+    for key in expected:
+        assert s3.head_object(Bucket=bucket, Key=key)["ContentType"] == "image/jpeg"
+    for url, key in zip(final["result_urls"], result_keys):
+        response = httpx.get(url)
+        assert response.status_code == 200
+        assert response.content == s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        with Image.open(io.BytesIO(response.content)) as image:
+            assert image.format == "JPEG" and image.size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert httpx.get(catalog_url).status_code == 200
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert any(r["Filter"] == {"Prefix": "temp-uploads/"} and r["Expiration"] == {"Days": 1} for r in rules)
 
 
 def test_a_5xx_on_swatch_reads_is_retried_and_never_degrades_the_job(store):
