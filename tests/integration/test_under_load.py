@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
 
-import httpx
 import pytest
 
 from db.engine import make_sessionmaker
 from serve_app.admin.auth.service import create_user
 from tests.database_faults import TableLock
 from tests.integration.test_service import NAVY, _wait
+from tests.load_clients import poll_and_post
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery staple"
@@ -69,37 +68,14 @@ def test_300_clients_while_jobs_run_and_a_lock_outlasts_the_statement_timeout(se
     job_ids = [r.json()["job_id"] for r in accepted]
     assert ingress["pool"]["size"] >= ingress["threads"]  # every route thread has its connection
 
-    async def clients(done: Callable[[], bool]) -> list[tuple[int, str | None]]:
-        results: list[tuple[int, str | None]] = []
-        limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-        async with httpx.AsyncClient(base_url=service.base_url, limits=limits, timeout=60) as client:
-            async def one(index: int) -> None:
-                turn = 0
-                while not done():
-                    turn += 1
-                    try:
-                        if (index + turn) % 40 == 0:
-                            response = await client.post("/generate", json={**NAVY, "cuts": ["recto"]})
-                            if response.status_code == 202:
-                                job_ids.append(response.json()["job_id"])
-                        else:
-                            response = await client.get(f"/jobs/{job_ids[(index + turn) % 10]}")
-                    except httpx.TransportError:
-                        results.append((0, None))
-                        continue
-                    results.append((response.status_code, response.headers.get("retry-after")))
-                    await asyncio.sleep(0.05)
-
-            await asyncio.gather(*(one(i) for i in range(CLIENTS)))
-        return results
-
     lock = TableLock(service_database_url, "generation_jobs", after=3, hold=4).start()
-    results = asyncio.run(clients(lambda: lock.over_for(5)))
+    results = asyncio.run(poll_and_post(service.base_url, job_ids, {**NAVY, "cuts": ["recto"]}, lambda: lock.over_for(5),
+                                        clients=CLIENTS, post_every=40, pause=0.05))
     lock.join()
-    statuses = Counter(status for status, _ in results)
+    statuses = Counter(answer.status for answer in results)
     assert set(statuses) <= {200, 202, 503}, statuses
     assert statuses[503] > 0, statuses  # the lock did outlast the statement timeout …
-    assert all(retry_after and int(retry_after) > 0 for status, retry_after in results if status == 503)
+    assert all(retry_after and int(retry_after) > 0 for status, retry_after, _ in results if status == 503)
     assert statuses[200] > 0 and statuses[202] > 0, statuses
     with service.client() as client:  # … and every job accepted meanwhile still completes
         finals = [_wait(client, job_id, timeout=180)[0]["status"] for job_id in job_ids]

@@ -20,6 +20,7 @@ from deployments.storage import LocalStorage
 from serve_app.deps import Services
 from serve_app.settings import Settings
 from tests.database_faults import TableLock
+from tests.load_clients import poll_and_post
 from tests.servers import uvicorn_serving
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
@@ -43,29 +44,6 @@ def for_seconds(seconds: float) -> Callable[[], bool]:
     return lambda: time.monotonic() >= end
 
 
-async def clients(base_url: str, job_ids: list[str], done: Callable[[], bool]) -> list[tuple[int, str | None, str]]:
-    """CLIENTS clients, each polling a job and now and then posting one, until `done()`."""
-    results: list[tuple[int, str | None, str]] = []
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
-        async def one(index: int) -> None:
-            turn = 0
-            while not done():
-                turn += 1
-                try:
-                    if (index + turn) % 10 == 0:
-                        response = await client.post("/generate", json=NAVY)
-                    else:
-                        response = await client.get(f"/jobs/{job_ids[(index + turn) % len(job_ids)]}")
-                except httpx.TransportError as exc:  # counted: a dropped connection is no answer either
-                    results.append((0, None, repr(exc)))
-                    continue
-                results.append((response.status_code, response.headers.get("retry-after"), response.text))
-
-        await asyncio.gather(*(one(i) for i in range(CLIENTS)))
-    return results
-
-
 def assert_overload_is_503_with_retry_after(results) -> Counter:
     statuses = Counter(status for status, _, _ in results)
     assert not {s for s in statuses if s >= 500 or s == 0} - {503}, statuses
@@ -84,7 +62,7 @@ def test_300_clients_on_a_pool_smaller_than_the_threads_get_no_500(sessions, dat
     services = services_for(sessions, tmp_path, make_sessionmaker(engine), starved, ingress_threads=40)
     with uvicorn_serving(services, backlog=CLIENTS * 2, timeout_keep_alive=30) as base_url:
         job_ids = [httpx.post(f"{base_url}/generate", json=NAVY).json()["job_id"] for _ in range(5)]
-        results = asyncio.run(clients(base_url, job_ids, for_seconds(4)))
+        results = asyncio.run(poll_and_post(base_url, job_ids, NAVY, for_seconds(4), clients=CLIENTS))
     engine.dispose()
     statuses = assert_overload_is_503_with_retry_after(results)
     assert statuses[503] > 0 and statuses[200] > 0, statuses  # it did run dry, and it still served
@@ -99,7 +77,7 @@ def test_300_clients_on_the_sized_pool_while_a_lock_outlasts_the_statement_timeo
     with uvicorn_serving(services, backlog=CLIENTS * 2, timeout_keep_alive=30) as base_url:
         job_ids = [httpx.post(f"{base_url}/generate", json=NAVY).json()["job_id"] for _ in range(5)]
         lock = TableLock(database_url, "generation_jobs", after=1, hold=2).start()
-        results = asyncio.run(clients(base_url, job_ids, lambda: lock.over_for(1)))
+        results = asyncio.run(poll_and_post(base_url, job_ids, NAVY, lambda: lock.over_for(1), clients=CLIENTS))
         lock.join()
     engine = pooled.kw["bind"]
     assert engine.pool.size() == 8 + PROBE_CONNECTIONS and engine.pool.overflow() <= 0  # the threads' and the probe's
