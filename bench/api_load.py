@@ -24,7 +24,6 @@ absolute numbers are a floor, the ratios are what to compare.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import signal
@@ -37,7 +36,7 @@ import aiohttp
 import httpx
 
 from figures import closed_loop, measured_on
-from harness import as_environment, run_directory, tiny_service
+from harness import as_environment, options, run_directory, tiny_service
 from serve_app.launcher import ROOT, free_port, serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
@@ -83,11 +82,7 @@ def plain_uvicorn(env: dict):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--clients", type=int, default=30)
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--haproxy", action="store_true", help="also measure behind Ray Serve's HAProxy ingress")
-    args = parser.parse_args()
+    args = options(clients=30, seconds=10.0, haproxy=(False, "also measure behind Ray Serve's HAProxy ingress"))
     workdir = run_directory("api-load")
     settings = tiny_service(workdir, 64, max_pending_jobs=10_000_000, runner_paused=True)
     results: dict[str, dict] = {}

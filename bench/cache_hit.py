@@ -10,25 +10,20 @@ Run: `make bench-cache BENCH_ARGS="--jobs 20"`. Prints a table and one JSON line
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 
 import httpx
 
 from figures import measured_on, percentile
-from harness import job_seconds, run_directory, tiny_service
+from harness import job_seconds, options, run_directory, tiny_service
 from serve_app.launcher import serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=20, help="pairs of (rendered, cached) 2-cut jobs")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--poll-ms", type=float, default=5)
-    args = parser.parse_args()
+    args = options(jobs=(20, "pairs of (rendered, cached) 2-cut jobs"), size=512, poll_ms=5.0)
     workdir = run_directory("bench")
     settings = tiny_service(workdir, args.size, poll_seconds=0.5)
     rendered, cached = [], []

@@ -18,7 +18,6 @@ Run: `make bench-drain` (or `python bench/drain.py --jobs 100`). Prints a table 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from catalog.prompts import build_prompt
 from catalog.swatches import render_swatch
 from db.models import GenerationJob
 from figures import measured_on
-from harness import run_directory, tiny_service
+from harness import options, run_directory, tiny_service
 from serve_app.launcher import serve
 from serve_app.settings import Settings
 
@@ -98,11 +97,8 @@ def wait_for(engine, job_ids: list[str], timeout: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=100, help="one-cut jobs in the backlog")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the service to drain")
-    args = parser.parse_args()
+    args = options(jobs=(100, "one-cut jobs in the backlog"), size=512,
+                   timeout=(900.0, "seconds to wait for the service to drain"))
     workdir = run_directory("drain")
     batch_size = Settings.model_fields["max_batch_size"].default
 

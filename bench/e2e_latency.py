@@ -12,7 +12,6 @@ Run: `make bench` (or `python bench/e2e_latency.py --jobs 20`). Prints a table a
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -22,7 +21,7 @@ import time
 import httpx
 
 from figures import measured_on, percentile
-from harness import job_seconds, run_directory, tiny_service
+from harness import job_seconds, options, run_directory, tiny_service
 from serve_app.launcher import serve
 
 NAVY = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino"}
@@ -79,11 +78,7 @@ def request_latencies(client: httpx.Client, method: str, path: str, n: int, body
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=20, help="2-cut jobs for the end-to-end median")
-    parser.add_argument("--posts", type=int, default=50)
-    parser.add_argument("--size", type=int, default=512)
-    args = parser.parse_args()
+    args = options(jobs=(20, "2-cut jobs for the end-to-end median"), posts=50, size=512)
     workdir = run_directory("bench")
     settings = tiny_service(workdir, args.size, poll_seconds=0.5)
 

@@ -11,7 +11,6 @@ Run: `SASTRE_BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .v
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -20,7 +19,7 @@ from sqlalchemy import func, select, text, update
 
 from db import jobs
 from db.models import GenerationJob
-from harness import scratch_sessions
+from harness import options, scratch_sessions
 
 
 def fifo_claim(session, owner: str, limit: int, lease_seconds: float):
@@ -48,13 +47,7 @@ def timed(sessions, claim, limit: int, runs: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pending", type=int, default=10_000)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--finished", type=int, default=100_000)
-    parser.add_argument("--limit", type=int, default=16)
-    parser.add_argument("--runs", type=int, default=50)
-    args = parser.parse_args()
+    args = options(pending=10_000, clients=50, finished=100_000, limit=16, runs=50)
     with scratch_sessions() as (engine, sessions):
         with sessions.begin() as session:
             session.execute(text("""

@@ -1,10 +1,11 @@
 """What the benchmarks here set up the same way (scripts run as `python bench/x.py`, so they import this
 as `harness`): a run's work directory, the settings of a tiny-model service on a scratch database, those
 settings as the environment of a server started without the launcher, and a scratch database for the
-benchmarks that time SQL alone."""
+benchmarks that time SQL alone, and their command-line options."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import time
@@ -23,6 +24,20 @@ from serve_app.launcher import scratch_database
 # A benchmark is one client that means to load the service: no rate limit or per-client cap may shape it.
 UNCAPPED_CLIENT = {"rate_limit_generate": "100000000/minute", "max_unfinished_jobs_per_client": 100_000_000}
 FINAL = ("completed", "failed", "canceled")
+
+
+def options(**defaults: object) -> argparse.Namespace:
+    """The command line parsed as `--name value` options, one per keyword: its default, or (default, help).
+    The type is the default's; a `False` default makes a flag. So a benchmark states its knobs in one call."""
+    parser = argparse.ArgumentParser()
+    for name, spec in defaults.items():
+        default, help_text = spec if isinstance(spec, tuple) else (spec, None)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+    return parser.parse_args()
 
 
 def run_directory(name: str) -> Path:

@@ -17,7 +17,6 @@ compare.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -27,7 +26,7 @@ from pathlib import Path
 import aiohttp
 
 from figures import closed_loop, measured_on
-from harness import run_directory, tiny_service
+from harness import options, run_directory, tiny_service
 from serve_app.generation.event_stream import EventStreamReader
 from serve_app.launcher import serve
 
@@ -146,13 +145,8 @@ async def p99_with_streams(base_url: str, stall_file: Path, streams: int, client
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=20, help="two-cut jobs per mode (SSE, polling)")
-    parser.add_argument("--streams", type=int, default=200)
-    parser.add_argument("--clients", type=int, default=20, help="polling clients for the p99 figure")
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--image-size", type=int, default=128)
-    args = parser.parse_args()
+    args = options(jobs=(20, "two-cut jobs per mode (SSE, polling)"), streams=200,
+                   clients=(20, "polling clients for the p99 figure"), seconds=10.0, image_size=128)
     workdir = run_directory("events-bench")
     stall_file = workdir / "stall-generator"
     settings = tiny_service(workdir, args.image_size, max_pending_jobs=100_000, fault_stall_file=str(stall_file))

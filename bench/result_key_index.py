@@ -12,7 +12,6 @@ Run: `SASTRE_BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .v
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -20,7 +19,7 @@ import time
 from sqlalchemy import text
 
 from db import fabrics, jobs
-from harness import scratch_sessions
+from harness import options, scratch_sessions
 
 INDEX = ("CREATE INDEX ix_generation_jobs_result_keys ON generation_jobs "
          "USING gin (jsonb_path_query_array(cut_progress, '$.*.key'))")
@@ -39,11 +38,7 @@ def time_writes(sessions, leases: list[jobs.Lease], writes: int, label: str) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--finished", type=int, default=50_000)
-    parser.add_argument("--writes", type=int, default=2000)
-    args = parser.parse_args()
+    args = options(jobs=200, finished=50_000, writes=2000)
     with scratch_sessions() as (engine, sessions):
         with sessions.begin() as session:
             session.execute(text("""

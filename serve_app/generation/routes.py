@@ -18,6 +18,11 @@ from serve_app.edge.routing import StorableTextRoute
 
 router = APIRouter(tags=["jobs"], route_class=StorableTextRoute)
 
+IdempotencyKey = Annotated[str | None, Header(max_length=255, description="retries with the same key and body "
+                                                                          "return the same job for 24 hours")]
+LastEventId = Annotated[str | None, Header(max_length=32, description="the `id` of the last event received: a "
+                                                                      "reconnecting stream sends only newer states")]
+
 
 @router.post("/generate", status_code=status.HTTP_202_ACCEPTED, response_model=GenerateAccepted,
              responses={**error_responses(409, 422, 503),
@@ -25,12 +30,8 @@ router = APIRouter(tags=["jobs"], route_class=StorableTextRoute)
                                                                  "jobs, or its rate limit is "
                                                                  "spent; retry after `Retry-After` seconds"}},
              dependencies=[rate_limited("generate")])
-async def create_generation(
-    body: GenerateRequest,
-    request: Request,
-    idempotency_key: Annotated[str | None, Header(max_length=255, description="retries with the same key and "
-                                                  "body return the same job for 24 hours")] = None,
-) -> Response:
+async def create_generation(body: GenerateRequest, request: Request,
+                            idempotency_key: IdempotencyKey = None) -> Response:
     """Validate against the catalog and queue one job; returns at once with the job id to poll.
 
     Async like GET /jobs/{job_id}: the database is awaited on the event loop, no thread hop."""
@@ -54,12 +55,7 @@ async def get_job(job_id: str, request: Request) -> Response:
                                             "closed after a completed, failed or canceled state"},
                        204: {"description": "`Last-Event-ID` is already the job's final state: nothing more to send"},
                        **error_responses(404, 503)})
-async def job_events(
-    job_id: str,
-    request: Request,
-    last_event_id: Annotated[str | None, Header(max_length=32, description="the `id` of the last event received: "
-                                                "a reconnecting stream sends only newer states")] = None,
-) -> Response:
+async def job_events(job_id: str, request: Request, last_event_id: LastEventId = None) -> Response:
     """Follow a job live (server-sent events) instead of polling GET /jobs/{job_id}.
 
     Async, and no dependency runs on a thread: an open stream holds neither a route thread nor a

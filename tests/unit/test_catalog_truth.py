@@ -63,6 +63,14 @@ def service(request, sessions, database_url, tmp_path, model):
     return services, runner, admin_headers(sessions)
 
 
+@pytest.fixture
+def velvet(service):
+    """`service` with the velvet family and its burgundy color made by an admin, as most tests here start."""
+    services, _, admin = service
+    _velvet(services, admin)
+    return service
+
+
 def _render(services: Services, runner: JobWorker, sessions, color_id: str, family_id: str = "terciopelo"):
     accepted = call(services, "POST", "/generate", json={"family_id": family_id, "color_id": color_id,
                                                          "cuts": ["recto"], "seed": 11})
@@ -134,9 +142,8 @@ def test_an_admin_created_family_and_color_render_with_the_admins_words(service,
     assert "Burdeos" not in task.prompt and "Terciopelo" not in task.prompt
 
 
-def test_renamed_prompt_words_show_in_the_next_jobs_prompt(service, sessions):
-    services, runner, admin = service
-    _velvet(services, admin)
+def test_renamed_prompt_words_show_in_the_next_jobs_prompt(velvet, sessions):
+    services, runner, admin = velvet
     _, before = _render(services, runner, sessions, "terciopelo-burdeos")
     family = call(services, "PATCH", "/admin/fabrics/terciopelo", json={"fabric": "crushed velvet"},
                   headers=admin)
@@ -219,9 +226,8 @@ def test_an_admin_added_swatch_outlives_the_upload_expiry(service, sessions):
 
 
 @ON_BOTH_STORAGES
-def test_a_patched_swatch_url_is_copied_into_the_collection(service, sessions):
-    services, runner, admin = service
-    _velvet(services, admin)
+def test_a_patched_swatch_url_is_copied_into_the_collection(velvet, sessions):
+    services, runner, admin = velvet
     upload = _upload(services, "JPEG")
     patched = call(services, "PATCH", "/admin/colors/terciopelo-burdeos", json={"swatch_url": upload}, headers=admin)
     assert patched.status_code == 200, patched.text
@@ -233,9 +239,8 @@ def test_a_patched_swatch_url_is_copied_into_the_collection(service, sessions):
 
 
 @ON_BOTH_STORAGES
-def test_put_swatch_files_it_under_the_swatch_code_and_replaces_the_previous_type(service, sessions):
-    services, runner, admin = service
-    _velvet(services, admin)
+def test_put_swatch_files_it_under_the_swatch_code_and_replaces_the_previous_type(velvet, sessions):
+    services, runner, admin = velvet
     storage = services.storage
     as_jpeg = _put_swatch(services, admin, "terciopelo-burdeos", image_bytes("JPEG", size=(40, 30)))
     assert as_jpeg.status_code == 200, as_jpeg.text
@@ -267,9 +272,8 @@ def test_put_swatch_files_it_under_the_swatch_code_and_replaces_the_previous_typ
 
 
 @ON_BOTH_STORAGES
-def test_bad_swatches_are_refused_and_write_nothing(service, sessions):
-    services, _, admin = service
-    _velvet(services, admin)
+def test_bad_swatches_are_refused_and_write_nothing(velvet, sessions):
+    services, _, admin = velvet
     storage = services.storage
     before = _shown_key(services, "terciopelo-burdeos")
     not_image = _put_swatch(services, admin, "terciopelo-burdeos", b"<?php echo 1; ?>")
@@ -295,9 +299,8 @@ def test_bad_swatches_are_refused_and_write_nothing(service, sessions):
         assert not fabrics.color_exists(s, "terciopelo-x")
 
 
-def test_a_swatch_stored_for_an_edit_that_fails_is_removed(service, sessions, monkeypatch):
-    services, _, admin = service
-    _velvet(services, admin)
+def test_a_swatch_stored_for_an_edit_that_fails_is_removed(velvet, sessions, monkeypatch):
+    services, _, admin = velvet
     storage = services.storage
 
     def database_refuses(*args, **kwargs):
@@ -311,9 +314,8 @@ def test_a_swatch_stored_for_an_edit_that_fails_is_removed(service, sessions, mo
 
 
 @ON_BOTH_STORAGES
-def test_start_up_moves_an_older_versions_swatch_url_into_the_collection(service, sessions):
-    services, _, admin = service
-    _velvet(services, admin)
+def test_start_up_moves_an_older_versions_swatch_url_into_the_collection(velvet, sessions):
+    services, _, admin = velvet
     upload = _upload(services, "JPEG")
     with sessions.begin() as s:  # as an older version left it: a URL, pointing into temp-uploads/
         _, color = fabrics.get_color(s, "terciopelo-burdeos")
