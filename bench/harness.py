@@ -23,7 +23,7 @@ from serve_app.launcher import scratch_database
 
 # A benchmark is one client that means to load the service: no rate limit or per-client cap may shape it.
 UNCAPPED_CLIENT = {"rate_limit_generate": "100000000/minute", "max_unfinished_jobs_per_client": 100_000_000}
-FINAL = ("completed", "failed", "canceled")
+FINAL = ("completed", "failed", "canceled", "expired")
 
 
 def options(**defaults: object) -> argparse.Namespace:

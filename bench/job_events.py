@@ -31,7 +31,7 @@ from serve_app.generation.event_stream import EventStreamReader
 from serve_app.launcher import serve
 
 TWO_CUTS = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto", "cruzado"]}
-FINAL = ("completed", "failed", "canceled")
+FINAL = ("completed", "failed", "canceled", "expired")
 POLL_SECONDS = 2.0
 
 

@@ -35,12 +35,14 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import bindparam, cast
 
 from db.fabrics import color_swatch_key_sql
-from db.job_failures import INTERRUPTED, RETRYING, FailureReason
+from db.job_failures import DEADLINE_PASSED, INTERRUPTED, RETRYING, FailureReason
 from db.models import Color, FabricFamily, GenerationJob
 
 # A job still pending or processing: what counts against its client's cap. Written out, not bound: a
 # generic plan only uses a partial index whose predicate it can see.
 _UNFINISHED_SQL = text("generation_jobs.status IN ('pending', 'processing')")
+FINAL_STATUSES = ("completed", "failed", "canceled", "expired")
+LANES = ("interactive", "batch")  # claimed in this order (see `claim_jobs`)
 NOTIFY_CHANNEL = "sastre_jobs"  # a job is due: wakes the runners
 EVENTS_CHANNEL = "sastre_job_events"  # a job's visible state changed: wakes its event streams
 
@@ -110,7 +112,9 @@ def _insert_job(swatch_key: ColumnElement, capped: bool) -> Select:
         "max_attempts": bindparam("max_attempts", type_=Integer),
         "idempotency_key": bindparam("idempotency_key", type_=String),
         "request_hash": bindparam("request_hash", type_=String), "client": bindparam("client", type_=String),
-        "result_token": bindparam("result_token", type_=String),
+        "result_token": bindparam("result_token", type_=String), "lane": bindparam("lane", type_=String),
+        # NULL seconds make a NULL deadline: none.
+        "deadline_at": func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("deadline_seconds")),
     }
     conditions = [FabricFamily.family_id == bindparam("family_id"), FabricFamily.status == "active",
                   Color.color_id == bindparam("color_id"), Color.status == "active"]
@@ -137,7 +141,8 @@ JOB_VIEW_COLUMNS = (GenerationJob.job_id, GenerationJob.status, GenerationJob.fa
                     GenerationJob.cuts, GenerationJob.seed, GenerationJob.swatch_url, GenerationJob.result_urls,
                     GenerationJob.cut_progress, GenerationJob.error_message, GenerationJob.attempts,
                     GenerationJob.created_at, GenerationJob.updated_at, GenerationJob.started_at,
-                    GenerationJob.completed_at, GenerationJob.result_token, GenerationJob.swatch_digest)
+                    GenerationJob.completed_at, GenerationJob.result_token, GenerationJob.swatch_digest,
+                    GenerationJob.deadline_at)
 _READ_JOB = select(*JOB_VIEW_COLUMNS).where(GenerationJob.job_id == bindparam("job_id"))
 
 
@@ -158,6 +163,8 @@ def create_job(
     request_hash: str | None = None,
     job_id: str | None = None,
     result_token: str | None = None,
+    deadline_seconds: float | None = None,
+    lane: str = "interactive",
 ) -> Row | None:
     """The one job insert, in one statement: a pending job if `color_id` is an active color of the active
     family `family_id` and (with a `client_cap`) `client` has fewer than `client_cap` unfinished jobs, and
@@ -167,7 +174,8 @@ def create_job(
 
     The job's swatch is `swatch_key` (what its `swatch_url` resolved to, with its `swatch_digest`) or,
     when None, the color's catalog swatch, read in the same statement. A taken `idempotency_key` raises
-    IntegrityError; the caller looks the existing job up and compares `request_hash`.
+    IntegrityError; the caller looks the existing job up and compares `request_hash`. A job not finished
+    `deadline_seconds` after its insert ends `expired`; `lane` is its priority (`claim_jobs`).
 
     Synchronous, on a Session or a Connection; the hot path runs it on its asyncio connection with
     `AsyncConnection.run_sync`, which costs no more than an `execute` there.
@@ -175,7 +183,8 @@ def create_job(
     params = {"job_id": job_id or str(uuid.uuid4()), "family_id": family_id, "color_id": color_id, "cuts": list(cuts),
               "seed": seed, "swatch_url": swatch_url, "swatch_key": swatch_key, "swatch_digest": swatch_digest,
               "max_attempts": max_attempts, "idempotency_key": idempotency_key, "request_hash": request_hash,
-              "client": client, "client_cap": client_cap, "result_token": result_token or uuid.uuid4().hex}
+              "client": client, "client_cap": client_cap, "result_token": result_token or uuid.uuid4().hex,
+              "deadline_seconds": deadline_seconds, "lane": lane}
     statement = _INSERT_JOB[(swatch_key is not None, client_cap is not None)]
     return conn.execute(statement, params).one_or_none()
 
@@ -311,6 +320,32 @@ def mark_canceled(session: Session, lease: Lease) -> bool:
     return _announced(session, lease, result.rowcount == 1)
 
 
+def mark_expired(session: Session, lease: Lease) -> bool:
+    """The attempt met its job's deadline at a cut boundary: `expired`, the cuts done so far kept."""
+    result = session.execute(
+        update(GenerationJob)
+        .where(*_held(lease))
+        .values(status="expired", error_message=DEADLINE_PASSED.message, completed_at=func.now(),
+                updated_at=_touched(), lease_owner=None, lease_token=None, lease_expires_at=None)
+    )
+    return _announced(session, lease, result.rowcount == 1)
+
+
+def expire_overdue(session: Session) -> list[str]:
+    """Pending jobs whose deadline passed end `expired` without a render (the deadline index finds them).
+    Processing ones are left to their attempt, which stops at its next cut boundary (`record_cut`)."""
+    expired = list(session.scalars(
+        update(GenerationJob)
+        .where(GenerationJob.status == "pending", GenerationJob.deadline_at.is_not(None),
+               GenerationJob.deadline_at <= func.now())
+        .values(status="expired", error_message=DEADLINE_PASSED.message, completed_at=func.now(),
+                updated_at=_touched())
+        .returning(GenerationJob.job_id)
+    ))
+    announce(session, expired)
+    return expired
+
+
 def _announced(session: Session, lease: Lease, written: bool) -> bool:
     if written:
         announce(session, [lease.job_id])
@@ -339,8 +374,13 @@ def release_jobs(session: Session, leases: list[Lease]) -> list[str]:
 
 
 def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float,
-               held: list[str] = ()) -> list[GenerationJob]:
+               held: list[str] = (), batch_limit: int | None = None) -> list[GenerationJob]:
     """Claim up to `limit` due pending jobs, fairly across clients; concurrent claimers never get the same row.
+
+    Lanes: interactive jobs (a shopper's) are claimed first; batch jobs (prewarm) only with the room
+    left, and at most `batch_limit` of them (None: no bound). A runner that holds few batch jobs at a
+    time therefore never has more than those few ahead of a shopper's job (see the runner).
+    Jobs whose deadline passed are never claimed (`expire_overdue` ends them).
 
     Fair share: each client's due jobs queue oldest first, and the claim serves the clients in turns,
     where a job's turn is its place in its client's queue plus the jobs that client already has
@@ -352,6 +392,19 @@ def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float,
     an attempt of (its lease lapsed, the job was re-queued, the attempt has not noticed yet): they are
     left for another runner, so one runner never holds two attempts of a job.
     """
+    claimed = _claim_lane(session, owner, limit, lease_seconds, held, "interactive")
+    room = limit - len(claimed)
+    if batch_limit is not None:
+        room = min(room, batch_limit)
+    if room > 0:
+        claimed += _claim_lane(session, owner, room, lease_seconds, held, "batch")
+    announce(session, [job.job_id for job in claimed])
+    return sorted(claimed, key=lambda job: (job.created_at, job.id))
+
+
+def _claim_lane(session: Session, owner: str, limit: int, lease_seconds: float, held: list[str],
+                lane: str) -> list[GenerationJob]:
+    """`claim_jobs` within one lane: fair turns across clients, each counting all its processing jobs."""
     busy = (select(GenerationJob.client, func.count().label("running"))
             .where(GenerationJob.status == "processing").group_by(GenerationJob.client).cte("busy"))
     place = func.row_number().over(partition_by=GenerationJob.client,
@@ -359,7 +412,8 @@ def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float,
     due = (select(GenerationJob.id, GenerationJob.client, GenerationJob.next_attempt_at, GenerationJob.created_at,
                   place.label("place"))
            .where(GenerationJob.status == "pending", GenerationJob.next_attempt_at <= func.now(),
-                  GenerationJob.job_id.not_in(list(held)))
+                  GenerationJob.lane == lane, GenerationJob.job_id.not_in(list(held)),
+                  or_(GenerationJob.deadline_at.is_(None), GenerationJob.deadline_at > func.now()))
            .cte("due"))
     row = aliased(GenerationJob)
     turn = due.c.place + func.coalesce(busy.c.running, 0)
@@ -373,7 +427,7 @@ def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float,
         .with_for_update(of=row, skip_locked=True)
         .scalar_subquery()
     )
-    claimed = session.scalars(
+    return list(session.scalars(
         update(GenerationJob)
         .where(GenerationJob.id.in_(chosen))
         .values(
@@ -389,9 +443,7 @@ def claim_jobs(session: Session, owner: str, limit: int, lease_seconds: float,
         )
         .returning(GenerationJob)
         .execution_options(synchronize_session=False)
-    ).all()
-    announce(session, [job.job_id for job in claimed])
-    return sorted(claimed, key=lambda job: (job.created_at, job.id))
+    ))
 
 
 def renew_leases(session: Session, leases: list[Lease], lease_seconds: float) -> set[Lease]:
@@ -409,29 +461,32 @@ def renew_leases(session: Session, leases: list[Lease], lease_seconds: float) ->
 
 @dataclass(frozen=True)
 class CutRecorded:
-    """A progress write that landed, and whether the client has asked to cancel the job meanwhile."""
+    """A progress write that landed, whether the client has asked to cancel the job meanwhile, and whether
+    its deadline has passed."""
 
     cancel_requested: bool
+    deadline_passed: bool = False
 
 
 def record_cut(session: Session, lease: Lease, cut: str, progress: dict) -> CutRecorded | None:
     """Atomically set one cut's progress entry (jsonb_set), so concurrent cuts never clobber each other.
 
-    One statement also answers the runner's cut-boundary question, "was cancel requested?", so a cut
-    costs no separate read for it. None when the write was refused: the attempt lost its lease.
+    One statement also answers the runner's cut-boundary questions, "was cancel requested? has the
+    deadline passed?", so a cut costs no separate read for them. None when the write was refused: the
+    attempt lost its lease.
     """
-    cancel = session.execute(
+    row = session.execute(
         update(GenerationJob)
         .where(*_held(lease))
         .values(
             cut_progress=func.jsonb_set(GenerationJob.cut_progress, [cut], cast(bindparam("entry", progress, type_=JSONB), JSONB)),
             updated_at=_touched(),
         )
-        .returning(GenerationJob.cancel_requested)
-    ).scalar_one_or_none()
-    if not _announced(session, lease, cancel is not None):
+        .returning(GenerationJob.cancel_requested, GenerationJob.deadline_at < func.clock_timestamp())
+    ).one_or_none()
+    if not _announced(session, lease, row is not None):
         return None
-    return CutRecorded(bool(cancel))
+    return CutRecorded(bool(row[0]), bool(row[1]))
 
 
 def complete_job(session: Session, lease: Lease, result_urls: list[str]) -> bool:

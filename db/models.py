@@ -69,7 +69,10 @@ class GenerationJob(Base):
               postgresql_where=text("status IN ('pending', 'processing')")),
         # Ageing: finished jobs oldest first, and whether any row still names a result object.
         Index("ix_generation_jobs_finished", "completed_at",
-              postgresql_where=text("status IN ('completed', 'failed', 'canceled') AND NOT kept")),
+              postgresql_where=text("status IN ('completed', 'failed', 'canceled', 'expired') AND NOT kept")),
+        # The sweep that expires pending jobs whose deadline passed.
+        Index("ix_generation_jobs_deadlines", "deadline_at",
+              postgresql_where=text("status = 'pending' AND deadline_at IS NOT NULL")),
         Index("ix_generation_jobs_result_keys", text("jsonb_path_query_array(cut_progress, '$.*.key')"),
               postgresql_using="gin"),
     )
@@ -114,6 +117,10 @@ class GenerationJob(Base):
     # Who queued it, as the rate limits see the caller ('' for rows written without one: one client).
     client: Mapped[str] = mapped_column(String, nullable=False, default="", server_default="")
     kept: Mapped[bool] = mapped_column(nullable=False, default=False, server_default="false")  # never ages out
+    # Not finished by then: the job ends `expired` (never rendered, or stopped at its next cut boundary).
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # `interactive` (a shopper's) is claimed before `batch` (prewarm), of which a runner holds only a few.
+    lane: Mapped[str] = mapped_column(String, nullable=False, default="interactive", server_default="interactive")
 
 
 class AdminUser(Base):

@@ -2,7 +2,7 @@
 
 Each statement deletes at most `batch` rows it could lock at once (`FOR UPDATE SKIP LOCKED`), so a prune
 never waits for a row a runner holds, never holds many locks for long, and two runners pruning at once
-share the work. Only finished jobs (completed, failed, canceled) that no admin keeps are ever chosen:
+share the work. Only finished jobs (completed, failed, canceled, expired) that no admin keeps are ever chosen:
 a pending or processing job is never deleted, whatever its age.
 
 Objects are not rows: a result object (`cut_progress[cut].key`) may be named by the job that rendered
@@ -31,7 +31,7 @@ class DeletedJob:
 _DELETE_JOBS = text("""
     DELETE FROM generation_jobs WHERE id IN (
         SELECT id FROM generation_jobs
-        WHERE status IN ('completed', 'failed', 'canceled') AND NOT kept
+        WHERE status IN ('completed', 'failed', 'canceled', 'expired') AND NOT kept
           AND completed_at < now() - make_interval(secs => least(:finished_seconds, :failed_seconds))
           AND completed_at < now() - make_interval(secs => CASE WHEN status = 'failed' THEN :failed_seconds
                                                                 ELSE :finished_seconds END)

@@ -9,7 +9,7 @@ tags are few and bounded (outcome, stage, cache, reason, route); never a job id.
 | exposed as (ray_ + name)                 | kind      | tags    | what it counts                                 |
 |------------------------------------------|-----------|---------|------------------------------------------------|
 | sastre_jobs_created_total                | counter   |         | jobs accepted by POST /generate (not replays)  |
-| sastre_jobs_finished_total               | counter   | outcome | final writes: completed, failed, canceled      |
+| sastre_jobs_finished_total               | counter   | outcome | final writes: completed, failed, canceled, expired |
 | sastre_job_latency_seconds               | histogram |         | created → completed, per completed job         |
 | sastre_job_queue_wait_seconds            | histogram |         | created → first claimed by a runner            |
 | sastre_stage_seconds                     | histogram | stage   | one cut's preprocess / generate / finish call  |
@@ -46,7 +46,7 @@ LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 
 # the batch-size buckets are centred on whole sizes: up to 8 (the default largest batch) sum and mean
 # are exact. Latency sums are approximate: read latencies as quantiles of the buckets.
 BATCH_BOUNDARIES = [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 16.5, 32.5, 64.5]
-OUTCOMES = ("completed", "failed", "canceled")
+OUTCOMES = ("completed", "failed", "canceled", "expired")
 STAGES = ("preprocess", "generate", "finish")
 CACHES = ("control_map", "prompt_embedding", "swatch_embedding", "preview", "preview_tile", "preview_template",
           "render")  # render: the render cache in PostgreSQL (serve_app/jobqueue/render_cache.py), counted per cut looked up

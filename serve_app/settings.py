@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_seconds: float = Field(default=2.0, gt=0)
     runner_concurrency: int = Field(default=16, ge=1, description="jobs one runner works on at once")
+    runner_batch_jobs: int = Field(
+        default=8, ge=1, description="batch-lane jobs (prewarm: one cut each) one runner works on at once, at "
+        "most runner_concurrency - 1; the rest is kept for shoppers' jobs, which are claimed first, so a "
+        "shopper's cut waits behind at most this many batch cuts at the generator: one generator batch while "
+        "it is <= max_batch_size")
     runner_paused: bool = Field(default=False, description="runners claim no jobs and ask for no generators: "
                                 "POST /generate still accepts jobs, which wait (durable) for runners that are "
                                 "not paused; for maintenance, and for `make bench-api` to measure the API alone")
@@ -147,6 +152,23 @@ class Settings(BaseSettings):
     events_stream_seconds: float = Field(default=300.0, gt=0, description="an event stream closes after this "
                                          "long; the client resumes with Last-Event-ID (EventSource does so by "
                                          "itself). Keep it under the proxy's request_timeout_s, if one is set")
+
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=10, description="a webhook attempt (resolve, "
+                                           "connect, send, read the status line) that takes longer fails and is retried")
+    webhook_retry_seconds: list[float] = Field(
+        default_factory=lambda: [30, 120, 600, 3600, 6 * 3600, 12 * 3600, 24 * 3600, 24 * 3600],
+        min_length=1, description="the delays before each retry of a webhook delivery that failed (the first "
+        "attempt is at once): 9 attempts over about 2.8 days by default; then the delivery is failed (an admin "
+        "can redeliver it)")
+    webhook_lease_seconds: float = Field(default=60.0, gt=0, description="a claimed webhook delivery is due again "
+                                         "this long after its claim if its deliverer never reported (killed "
+                                         "mid-send); must exceed webhook_timeout_seconds")
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, description="how often each runner looks for due "
+                                        "webhook deliveries")
+    webhook_concurrency: int = Field(default=8, ge=1, le=64, description="webhook attempts one runner makes at once")
+    webhook_egress_socket: str | None = Field(default=None, description="set by `make run` in its private network "
+                                              "namespace: a Unix socket through which webhooks reach the host's "
+                                              "loopback (serve_app/isolation.py)")
 
     health_max_age_seconds: float = Field(default=2.0, ge=0, description="GET /health answers from a report "
                                           "at most this old (its `Age` header), so a flood of it never reaches the "

@@ -45,7 +45,7 @@ from serve_app.retrying import Backoff, connection_lost, database_unavailable, r
 
 logger = logging.getLogger("sastre.events")
 
-FINAL_STATUSES = frozenset({"completed", "failed", "canceled"})
+FINAL_STATUSES = frozenset(jobs.FINAL_STATUSES)
 LISTEN_NAME = "sastre-job-events-listen"  # application_name of the hub's connections, seen in pg_stat_activity
 READ_NAME = "sastre-job-events-read"
 BACKOFF = Backoff(0.5, cap=5.0)  # between tries to reconnect, and to read again

@@ -20,6 +20,8 @@ router = APIRouter(tags=["jobs"], route_class=StorableTextRoute)
 
 IdempotencyKey = Annotated[str | None, Header(max_length=255, description="retries with the same key and body "
                                                                           "return the same job for 24 hours")]
+CancelAfter = Annotated[str | None, Header(max_length=32, description="a deadline as a duration (`15s`, `1m30s`, "
+                                                                      "`2h`) or seconds: as `deadline_seconds`")]
 LastEventId = Annotated[str | None, Header(max_length=32, description="the `id` of the last event received: a "
                                                                       "reconnecting stream sends only newer states")]
 
@@ -31,12 +33,12 @@ LastEventId = Annotated[str | None, Header(max_length=32, description="the `id` 
                                                                  "spent; retry after `Retry-After` seconds"}},
              dependencies=[rate_limited("generate")])
 async def create_generation(body: GenerateRequest, request: Request,
-                            idempotency_key: IdempotencyKey = None) -> Response:
+                            idempotency_key: IdempotencyKey = None, cancel_after: CancelAfter = None) -> Response:
     """Validate against the catalog and queue one job; returns at once with the job id to poll.
 
     Async like GET /jobs/{job_id}: the database is awaited on the event loop, no thread hop."""
     services = get_services(request)
-    return await accept_job(services, body, idempotency_key, services.rate_limits.client(request))
+    return await accept_job(services, body, idempotency_key, services.rate_limits.client(request), cancel_after)
 
 
 @router.get("/jobs/{job_id}", responses={200: {"model": JobOut}, **error_responses(404, 503)})
@@ -52,7 +54,7 @@ async def get_job(job_id: str, request: Request) -> Response:
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`event: job`, `id: <version>`, `data: <the body of GET /jobs/{job_id}>` "
                                             "at once and on every change; `: keep-alive` comments while idle; "
-                                            "closed after a completed, failed or canceled state"},
+                                            "closed after a final (completed, failed, canceled or expired) state"},
                        204: {"description": "`Last-Event-ID` is already the job's final state: nothing more to send"},
                        **error_responses(404, 503)})
 async def job_events(job_id: str, request: Request, last_event_id: LastEventId = None) -> Response:

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field, field_validator
 
+from serve_app.generation.deadlines import MAX_SECONDS, MIN_SECONDS
+
 
 class GenerateRequest(BaseModel):
     family_id: str = Field(min_length=1, max_length=100, examples=["lana-fria"])
@@ -15,6 +17,11 @@ class GenerateRequest(BaseModel):
                                    description="a URL this service issued (catalog or uploaded swatch)")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1 - 16,
                              description="seed of the first cut; cut i uses seed + i")
+    deadline_seconds: float | None = Field(
+        default=None, ge=MIN_SECONDS, le=MAX_SECONDS, examples=[15],
+        description="the job ends `expired` if not finished this many seconds after it is accepted: never "
+                    "rendered if it had not started, stopped at the next cut boundary if it had (its finished "
+                    "cuts stay available). The `Cancel-After` header says the same; given both, the earlier wins")
 
     @field_validator("cuts")
     @classmethod
@@ -62,3 +69,4 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    deadline_at: datetime | None = Field(default=None, description="when the job expires if not finished")

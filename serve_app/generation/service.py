@@ -31,6 +31,7 @@ from db.models import GenerationJob
 from deployments import metrics
 from deployments.storage import ObjectMissing, Storage, StorageError
 from serve_app.deps import Services
+from serve_app.generation.deadlines import deadline_seconds
 from serve_app.generation.schemas import CutProgress, GenerateAccepted, GenerateRequest, JobOut
 from serve_app.jobqueue.plans import plan_cuts
 from serve_app.jobqueue.swatches import OwnedSwatch, SwatchRefused, forget_swatch, own_swatch, resolve_swatch
@@ -47,9 +48,10 @@ def fingerprint(body: GenerateRequest) -> str:
 
 
 async def accept_job(services: Services, body: GenerateRequest, idempotency_key: str | None,
-                     client: str = "") -> Response:
+                     client: str = "", cancel_after: str | None = None) -> Response:
     """Queue one job for `body` on behalf of `client` (a 202 with its body serialized once), or answer a
-    repeated Idempotency-Key with the job it made."""
+    repeated Idempotency-Key with the job it made. `cancel_after` is the `Cancel-After` header."""
+    deadline = deadline_seconds(body.deadline_seconds, cancel_after)
     unknown = [cut for cut in body.cuts if services.catalog.cut(cut) is None]
     if unknown:
         known = ", ".join(c.cut_id for c in services.catalog.cuts)
@@ -66,7 +68,7 @@ async def accept_job(services: Services, body: GenerateRequest, idempotency_key:
         raise HTTPException(429, "too many jobs waiting; retry shortly", headers={"Retry-After": "5"})
     async with services.hot.connect() as conn:
         try:
-            return await _create(services, conn, body, idempotency_key, request_hash, client)
+            return await _create(services, conn, body, idempotency_key, request_hash, client, deadline)
         except IntegrityError:
             # A concurrent request with the same key won the race; answer as its replay.
             job = await jobs.read_job_by_idempotency_key(conn, idempotency_key, ttl_seconds)
@@ -94,7 +96,7 @@ def _json(body: BaseModel, status_code: int = 200, headers: dict[str, str] | Non
 
 
 async def _create(services: Services, conn: AsyncConnection, body: GenerateRequest, idempotency_key: str | None,
-                  request_hash: str | None, client: str) -> Response:
+                  request_hash: str | None, client: str, deadline: float | None) -> Response:
     """The INSERT (with the catalog check, the client's cap and the runners' wake-up) in one statement. A
     swatch_url first needs the family's collection and the storage (blocking, so on a thread): one more
     round trip. A refusal costs a query or two more, to say why."""
@@ -111,6 +113,7 @@ async def _create(services: Services, conn: AsyncConnection, body: GenerateReque
             seed=seed, swatch_url=body.swatch_url, swatch_key=swatch.key if swatch else None,
             swatch_digest=swatch.digest if swatch else None, max_attempts=services.settings.job_max_attempts,
             client=client, client_cap=cap, idempotency_key=idempotency_key, request_hash=request_hash,
+            deadline_seconds=deadline,
         )
         if job is None:  # the family or color is unknown or inactive, or the client is at its cap: say which
             await _active_collection(conn, body)
@@ -173,6 +176,7 @@ def job_out(job: GenerationJob | Row, storage: Storage) -> JobOut:
         seed=job.seed, seeds=seeds, swatch_url=job.swatch_url, result_urls=result_urls, progress=progress,
         error_message=job.error_message, attempts=job.attempts, created_at=job.created_at,
         updated_at=job.updated_at, started_at=job.started_at, completed_at=job.completed_at,
+        deadline_at=job.deadline_at,
     )
 
 

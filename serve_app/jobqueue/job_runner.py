@@ -56,6 +56,7 @@ class JobRunner:
             upload_ttl_seconds=config.upload_ttl_hours * 3600, cut_attempts=config.cut_attempts,
             cut_retry_seconds=config.cut_retry_seconds, render=RenderSettings.of(config), paused=config.runner_paused,
             lifetimes=Lifetimes.of(config), prune_interval_seconds=config.prune_interval_seconds,
+            batch_jobs=config.runner_batch_jobs,
         )
         self.grace_seconds = config.shutdown_grace_seconds
         self.database_probe = DependencyProbe("database", partial(ping_pool, self.runner.sessions),

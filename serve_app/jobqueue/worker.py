@@ -73,6 +73,10 @@ class JobCanceled(Exception):
     """The client canceled the job; raised at a cut boundary."""
 
 
+class JobExpired(Exception):
+    """The job's deadline passed; raised at a cut boundary."""
+
+
 class CutFailed(Exception):
     """A cut kept failing after its retries."""
 
@@ -117,7 +121,8 @@ def libpq_url(url: str) -> str:
 
 
 # The runner's final writes and the outcome each one records.
-FINAL_OUTCOMES = {jobs.complete_job: "completed", jobs.fail_job: "failed", jobs.mark_canceled: "canceled"}
+FINAL_OUTCOMES = {jobs.complete_job: "completed", jobs.fail_job: "failed", jobs.mark_canceled: "canceled",
+                  jobs.mark_expired: "expired"}
 
 
 class JobWorker:
@@ -139,6 +144,7 @@ class JobWorker:
         paused: bool = DEFAULTS["runner_paused"].default,
         lifetimes: Lifetimes | None = None,
         prune_interval_seconds: float = DEFAULTS["prune_interval_seconds"].default,
+        batch_jobs: int = DEFAULTS["runner_batch_jobs"].default,
     ) -> None:
         self.sessions = sessions
         self.paused = paused
@@ -146,6 +152,8 @@ class JobWorker:
         self.catalog = catalog
         self.renderer = renderer
         self.concurrency = concurrency
+        # Batch work never takes the last slot, so a shopper's job is claimed at once (one slot: it must share).
+        self.batch_jobs = max(1, min(batch_jobs, concurrency - 1))
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.cut_attempts = cut_attempts
@@ -165,6 +173,7 @@ class JobWorker:
         self.db_attempts = DB_ATTEMPTS
         self.active: dict[str, asyncio.Task] = {}  # job id -> the task of the one attempt held here
         self.leases: dict[str, jobs.Lease] = {}  # job id -> that attempt's lease
+        self.batch_held: set[str] = set()  # the jobs in hand from the batch lane
         # Database calls block, so they run on threads: one pool sized for the jobs in hand, and one
         # thread of its own for lease renewals, which must never queue behind job work.
         self._db_threads = ThreadPoolExecutor(concurrency + LOOP_DB_THREADS, thread_name_prefix="runner-db")
@@ -239,17 +248,21 @@ class JobWorker:
         capacity = self.concurrency - len(self.active)
         if capacity <= 0:
             return []
-        claimed = await self._in(self._db_threads, self._claim, capacity, list(self.active))
+        claimed = await self._in(self._db_threads, self._claim, capacity, list(self.active),
+                                 max(0, self.batch_jobs - len(self.batch_held)))
         for claim in claimed:
             lease = claim.lease
             task = asyncio.create_task(self.process(claim))
             self.active[lease.job_id], self.leases[lease.job_id] = task, lease
+            if claim.job is not None and claim.job.lane == "batch":
+                self.batch_held.add(lease.job_id)
             task.add_done_callback(lambda t, j=lease.job_id: self._finished(j, t))
         return [claim.lease.job_id for claim in claimed]
 
     def _finished(self, job_id: str, task: asyncio.Task) -> None:
         if self.active.get(job_id) is task:
             del self.active[job_id], self.leases[job_id]
+            self.batch_held.discard(job_id)
         self._wake.set()  # capacity freed: look for more work now
 
     async def backlog(self) -> jobs.Backlog:
@@ -261,10 +274,11 @@ class JobWorker:
         with self.sessions() as session:
             return jobs.backlog(session)
 
-    def _claim(self, limit: int, held: list[str]) -> list[Claim]:
-        """Claim up to `limit` jobs and plan them, in one transaction (the claim returns the rows)."""
+    def _claim(self, limit: int, held: list[str], batch_limit: int) -> list[Claim]:
+        """Claim up to `limit` jobs (at most `batch_limit` from the batch lane) and plan them, in one
+        transaction (the claim returns the rows)."""
         with self.sessions.begin() as session:
-            claimed = jobs.claim_jobs(session, self.owner, limit, self.lease_seconds, held)
+            claimed = jobs.claim_jobs(session, self.owner, limit, self.lease_seconds, held, batch_limit)
             if not claimed:
                 return []
             families, colors = find_families_and_colors(session, [j.family_id for j in claimed],
@@ -276,16 +290,21 @@ class JobWorker:
         return planned
 
     def _housekeeping(self) -> None:
-        """Every tick: re-queue jobs whose runner or attempt died. Every few minutes: expire old uploads."""
+        """Every tick: re-queue jobs whose runner or attempt died, end pending jobs past their deadline.
+        Every few minutes: expire old uploads."""
         with self.sessions.begin() as session:
             # Attempts running here are renewed by our heartbeat: a late renewal must not make us rescue
             # ourselves. A job of ours whose attempt died (say in a database outage) is rescued like any.
             rescued = jobs.release_expired_leases(session, RESCUE_BACKOFF.schedule(), spare=list(self.leases.values()))
             for job_id, status in rescued:
                 logger.warning("job %s lost its runner's lease; now %s", job_id, status)
+            expired = jobs.expire_overdue(session)
             backlog = jobs.backlog(session)
         for _ in range(sum(status == "failed" for _, status in rescued)):  # out of attempts: a final write
             metrics.job_finished("failed")
+        for job_id in expired:
+            logger.info("job %s expired before it started", job_id)
+            metrics.job_finished("expired")
         metrics.backlog_sampled(backlog.pending_jobs, backlog.pending_cuts, backlog.cuts_in_flight,
                                 backlog.oldest_pending_seconds)
         if self.storage is not None and time.monotonic() >= self._next_sweep:
@@ -397,15 +416,15 @@ class JobWorker:
                               tries=self.db_attempts, log=logger)
         return await riding_out(self._in, self._db_threads, fn, *args)
 
-    def _record(self, lease: jobs.Lease, cut: str, entry: dict) -> bool:
-        """Write one cut's progress; True when the client has asked to cancel the job (the same statement)."""
+    def _record(self, lease: jobs.Lease, cut: str, entry: dict) -> jobs.CutRecorded:
+        """Write one cut's progress; the same statement says whether the job was canceled or expired."""
         with self.sessions.begin() as session:
             recorded = jobs.record_cut(session, lease, cut, entry)
         if recorded is None:
             raise LeaseLost(lease.job_id)
-        return recorded.cancel_requested
+        return recorded
 
-    def _record_hit(self, lease: jobs.Lease, cut: str, entry: dict) -> bool | None:
+    def _record_hit(self, lease: jobs.Lease, cut: str, entry: dict) -> jobs.CutRecorded | None:
         """`_record` for a render-cache hit, with the entry still there (`cached_renders.touch`, same
         transaction, so the prune cannot delete its object in between); None when it aged out meanwhile."""
         with self.sessions.begin() as session:
@@ -414,7 +433,7 @@ class JobWorker:
             recorded = jobs.record_cut(session, lease, cut, entry)
         if recorded is None:
             raise LeaseLost(lease.job_id)
-        return recorded.cancel_requested
+        return recorded
 
     async def process(self, claim: Claim) -> None:
         lease, done = claim.lease, claim.done
@@ -438,6 +457,10 @@ class JobWorker:
                 await self._db(finish, jobs.mark_canceled, lease)
                 logger.info("job %s canceled", job_id)
                 return
+            if any(isinstance(error, JobExpired) for error in errors):
+                await self._db(finish, jobs.mark_expired, lease)
+                logger.info("job %s expired at a cut boundary", job_id)
+                return
             first = errors[0]
             logger.error("job %s failed: %s: %s", job_id, type(first).__name__, first)
             await self._db(finish, jobs.fail_job, lease, failure_reason(first), f"{type(first).__name__}: {first}")
@@ -448,18 +471,17 @@ class JobWorker:
     async def _run_cut(self, lease: jobs.Lease, plan: CutPlan, task: CutTask) -> dict:
         """One cut, in up to `cut_attempts` attempts `cut_retry_seconds` apart, doubling. Only a failure another
         attempt can cure is retried (`worth_rendering_again`); the one that ends it fails the cut (`CutFailed`).
-        The cancel flag is checked at every cut boundary, by the progress write that marks it (before each
-        render attempt, and when it is done).
+        The cancel flag and the deadline are checked at every cut boundary, by the progress write that marks
+        it (before each render attempt, and when it is done).
 
         A cut the render cache has is not rendered: its stored image completes it at once (unless its entry
         aged out between the look-up and the record: then it renders)."""
         cache = plan.cache_entry if self.cache is not None else None
         if cache is not None and (hit := await self._db(self.cache.lookup, task.job_id, task.cut, task.seed,
                                                          cache)) is not None:
-            canceled = await self._db(self._record_hit, lease, task.cut, hit)
-            if canceled:
-                raise JobCanceled()
-            if canceled is not None:
+            recorded = await self._db(self._record_hit, lease, task.cut, hit)
+            if recorded is not None:
+                _stop_if_asked(recorded)
                 return hit
         rendering = retrying(f"job {task.job_id} cut {task.cut}", retry_if=worth_rendering_again,
                              backoff=Backoff(self.cut_retry_seconds), tries=self.cut_attempts, log=logger)
@@ -468,11 +490,10 @@ class JobWorker:
             async for trying in rendering:
                 with trying:
                     attempt = trying.retry_state.attempt_number
-                    if await self._db(self._record, lease, task.cut,
-                                      {"status": "processing", "seed": task.seed, "attempt": attempt}):
-                        raise JobCanceled()
+                    _stop_if_asked(await self._db(self._record, lease, task.cut,
+                                                  {"status": "processing", "seed": task.seed, "attempt": attempt}))
                     result = await self.renderer.render(task)
-        except (JobCanceled, LeaseLost):
+        except (JobCanceled, JobExpired, LeaseLost):
             raise
         except Exception as exc:  # given up: tried `cut_attempts` times, or failed in a way no retry cures
             raise CutFailed(f"cut {task.cut} failed {attempt} time{'s' if attempt > 1 else ''}; last error: "
@@ -480,11 +501,10 @@ class JobWorker:
         entry = {"status": "completed", "seed": task.seed, "url": result.url, "key": result.key,
                  "ip_adapter_fallback": result.ip_adapter_fallback, "attempt": attempt, "cached": False,
                  "finished_at": datetime.now(timezone.utc).isoformat()}
-        canceled = await self._db(self._record, lease, task.cut, entry)
+        recorded = await self._db(self._record, lease, task.cut, entry)
         if cache is not None:
             await self._db(self.cache.remember, task.job_id, cache, entry)
-        if canceled:
-            raise JobCanceled()
+        _stop_if_asked(recorded)
         return entry
 
     def _finish(self, operation, lease: jobs.Lease, *args, created_at: datetime | None = None) -> bool:
@@ -502,3 +522,11 @@ class JobWorker:
         logger.warning("job %s: its lease was lost before %s; the write was refused", lease.job_id,
                        operation.__name__)
         return False
+
+
+def _stop_if_asked(recorded: jobs.CutRecorded) -> None:
+    """At a cut boundary: stop the job if its client canceled it or its deadline passed."""
+    if recorded.cancel_requested:
+        raise JobCanceled()
+    if recorded.deadline_passed:
+        raise JobExpired()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 
 import httpx
 import pytest
@@ -97,6 +98,34 @@ def test_cancel_routes(api, sessions):
     assert requested.status_code == 200 and requested.json()["status"] == "processing"
     with sessions() as s:
         assert jobs.cancel_requested(s, running)
+
+
+@pytest.mark.parametrize("body_seconds, header, expected", [
+    (15, None, 15), (None, "15s", 15), (None, "1m30s", 90), (None, "2h", 7200), (None, "20", 20),
+    (60, "1m30s", 60), (600, "30s", 30),  # both: the earlier deadline wins
+])
+def test_a_deadline_from_the_body_or_cancel_after_is_stored_and_shown(api, sessions, body_seconds, header, expected):
+    body = {**NAVY, **({"deadline_seconds": body_seconds} if body_seconds else {})}
+    created = call(api, "POST", "/generate", json=body, headers={"Cancel-After": header} if header else {})
+    assert created.status_code == 202, created.text
+    shown = call(api, "GET", f"/jobs/{created.json()['job_id']}").json()
+    with sessions() as s:
+        job = jobs.get_job(s, created.json()["job_id"])
+    assert abs((job.deadline_at - job.created_at).total_seconds() - expected) < 0.5
+    assert datetime.fromisoformat(shown["deadline_at"]) == job.deadline_at
+    assert call(api, "GET", f"/jobs/{call(api, 'POST', '/generate', json=NAVY).json()['job_id']}").json()[
+        "deadline_at"] is None  # no deadline asked, none set
+
+
+@pytest.mark.parametrize("body, header", [
+    ({"deadline_seconds": 0}, None), ({"deadline_seconds": 86_401}, None), ({"deadline_seconds": "soon"}, None),
+    ({}, "soon"), ({}, "0s"), ({}, "2d"), ({}, "-5"), ({}, "5 s"), ({}, "25h"),
+])
+def test_a_bad_deadline_is_a_422_and_writes_nothing(api, sessions, body, header):
+    refused = call(api, "POST", "/generate", json={**NAVY, **body}, headers={"Cancel-After": header} if header else {})
+    assert refused.status_code == 422 and "detail" in refused.json()
+    with sessions() as s:
+        assert jobs.backlog(s).pending_jobs == 0
 
 
 def test_database_outage_is_a_json_503(api):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 
 from collections.abc import Callable
 
@@ -51,10 +52,11 @@ def runner(sessions, database_url, tmp_path, model):
     return job_worker(sessions, database_url, catalog, render_chain(CutGenerator(model, storage), storage)), storage
 
 
-def _create(sessions, cuts, color="lana-fria-azul-marino", swatch_key="SASTRE 2026-27/095T-0121.png") -> str:
+def _create(sessions, cuts, color="lana-fria-azul-marino", swatch_key="SASTRE 2026-27/095T-0121.png",
+            **options) -> str:
     with sessions.begin() as s:
         return jobs.create_job(s, family_id="lana-fria", color_id=color, cuts=cuts, seed=7, swatch_url=None,
-                               swatch_key=swatch_key).job_id
+                               swatch_key=swatch_key, **options).job_id
 
 
 def test_runner_completes_jobs_in_cut_order_with_progress(runner, sessions):
@@ -195,6 +197,84 @@ def test_cancel_stops_a_processing_job_at_a_cut_boundary(runner, sessions):
     with sessions() as s:
         job = jobs.get_job(s, job_id)
     assert job.status == "canceled" and job.result_urls is None and job.lease_owner is None
+
+
+def test_a_pending_job_past_its_deadline_expires_without_a_render(runner, sessions):
+    runner, _ = runner
+    runner.renderer = flaky = Flaky(runner.renderer)
+    late = _create(sessions, ["recto"], deadline_seconds=0.2)
+    in_time = _create(sessions, ["recto"], deadline_seconds=600)
+    time.sleep(0.3)
+
+    async def scenario():
+        async with running(runner):
+            await wait_for_job(sessions, in_time, finished, 30)
+            return await wait_for_job(sessions, late, lambda job: job.status != "pending", 30)
+
+    expired = asyncio.run(scenario())
+    assert expired.status == "expired" and expired.attempts == 0 and expired.cut_progress == {}
+    assert expired.error_message.startswith("deadline_passed:") and expired.completed_at is not None
+    assert flaky.calls == {"recto": 1}  # the job in time only
+
+
+def test_a_running_job_stops_at_its_next_cut_boundary_past_the_deadline_and_keeps_its_done_cuts(runner, sessions):
+    runner, storage = runner
+    # cruzado's first attempt fails; its retry, 1.5 s later, comes after the 1 s deadline: that boundary ends it
+    runner.renderer = flaky = Flaky(runner.renderer, {"cruzado": 1})
+    runner.cut_retry_seconds = 1.5
+    job_id = _create(sessions, ["recto", "cruzado"], deadline_seconds=1.0)
+
+    async def scenario():
+        async with running(runner):
+            return await wait_for_job(sessions, job_id, lambda job: job.status not in ("pending", "processing"), 30)
+
+    job = asyncio.run(scenario())
+    assert job.status == "expired" and job.error_message.startswith("deadline_passed:")
+    assert job.lease_owner is None and job.result_urls is None
+    assert flaky.calls == {"recto": 1, "cruzado": 1}  # never rendered again once past the deadline
+    done = job.cut_progress["recto"]
+    assert done["status"] == "completed" and storage.exists(done["key"])  # the finished cut stays available
+    assert job.cut_progress["cruzado"]["status"] == "processing"
+
+
+def test_a_shoppers_job_waits_behind_at_most_the_runners_batch_jobs(runner, sessions):
+    runner, _ = runner
+    runner.renderer = flaky = Flaky(runner.renderer, delay=0.05)
+    runner.concurrency, runner.batch_jobs = 4, 2
+    prewarm = [_create(sessions, ["recto"], lane="batch") for _ in range(40)]
+    shopper: list[str] = []
+
+    async def scenario():
+        async with running(runner):
+            while sum(flaky.calls.values()) < 6:  # the prewarm is under way
+                await asyncio.sleep(0.01)
+            shopper.append(_create(sessions, ["cruzado"]))
+            await wait_for_job(sessions, shopper[0], finished, 30)
+            for job_id in prewarm:
+                await wait_for_job(sessions, job_id, finished, 60)
+
+    asyncio.run(scenario())
+    with sessions() as s:
+        mine = jobs.get_job(s, shopper[0])
+        batch = jobs.get_jobs(s, prewarm)
+    assert mine.status == "completed" and all(job.status == "completed" for job in batch)
+    # Claimed at once: the runner keeps room for shoppers and claims them first (one batch claim may race
+    # the shopper's insert). Without lanes it was the 41st job of one client: claimed after the prewarm.
+    claimed_meanwhile = [job for job in batch if mine.created_at < job.started_at < mine.started_at]
+    assert len(claimed_meanwhile) <= 1 and (mine.started_at - mine.created_at).total_seconds() < 1.0
+    assert sum(job.started_at > mine.completed_at for job in batch) >= 20  # it finished well ahead of them
+    assert max(job.attempts for job in batch) == 1
+
+
+def test_claims_take_the_interactive_lane_first_and_bound_the_batch_lane(runner, sessions):
+    batch = [_create(sessions, ["recto"], lane="batch") for _ in range(5)]
+    interactive = [_create(sessions, ["recto"]) for _ in range(2)]
+    with sessions.begin() as s:
+        first = jobs.claim_jobs(s, "test", 4, 30, batch_limit=1)
+    assert {job.job_id for job in first} == {*interactive, batch[0]}
+    with sessions.begin() as s:
+        assert {job.job_id for job in jobs.claim_jobs(s, "test", 4, 30, batch_limit=0)} == set()
+        assert [job.job_id for job in jobs.claim_jobs(s, "test", 2, 30)] == batch[1:3]
 
 
 def test_shutdown_releases_jobs_it_cannot_finish_in_time(runner, sessions):

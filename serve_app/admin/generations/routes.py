@@ -23,7 +23,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(curren
 @router.get("/generations", response_model=GenerationPage, responses=error_responses(422))
 def list_generations(
     services: ServicesDep,
-    status_filter: Annotated[str | None, Query(alias="status", pattern="^(pending|processing|completed|failed|canceled)$")] = None,
+    status_filter: Annotated[str | None, Query(alias="status", pattern="^(pending|processing|completed|failed|canceled|expired)$")] = None,
     family_id: str | None = None,
     color_id: str | None = None,
     created_from: datetime | None = None,

@@ -5,8 +5,9 @@ Each missing combination is its own one-cut job at `catalog_seed` (in a job of s
 seed + i, so a shop asking for one cut would miss): a shop's default view of a cut is
 `POST /generate {family_id, color_id, cuts: [cut], seed: catalog_seed}`. Combinations already cached, or
 already queued by an earlier pre-render that has not finished, are not queued again. The jobs are
-ordinary jobs, shown in the generation history, and wait in the backlog like any other (they are not
-refused by the backlog gate: an admin asked for them).
+ordinary jobs, shown in the generation history, in the `batch` lane: runners claim shoppers' jobs first
+and hold only `runner_batch_jobs` of these at once, so a large pre-render never delays a shopper by more
+than those few cuts (they are not refused by the backlog gate: an admin asked for them).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def prewarm(services: Services) -> PrewarmOut:
             queued = jobs.create_job(session, job_id=draft.job_id, result_token=draft.result_token,
                                      family_id=draft.family_id, color_id=draft.color_id, cuts=list(draft.cuts),
                                      seed=seed, swatch_key=swatch_key, swatch_digest=draft.swatch_digest,
-                                     max_attempts=services.settings.job_max_attempts)
+                                     max_attempts=services.settings.job_max_attempts, lane="batch")
             if queued is not None:  # None: an admin retired the color meanwhile
                 enqueued.append(PrewarmJob(job_id=queued.job_id, family_id=draft.family_id, color_id=draft.color_id,
                                            cut=draft.cuts[0]))

@@ -8,7 +8,7 @@ import { watchJob } from "./jobwatch.js";
 const $ = (id) => document.getElementById(id);
 const notice = announcer($("notice"));
 const TOKEN_KEY = "sastre-admin-token";
-const STATUSES = ["pending", "processing", "completed", "failed", "canceled"];
+const STATUSES = ["pending", "processing", "completed", "failed", "canceled", "expired"];
 const IMAGE_TYPES = new Set(["image/jpeg", "image/png", "image/webp"]);
 const MAX_UPLOAD_BYTES = 5 * 1024 * 1024;
 const PAGE_SIZE = 20;

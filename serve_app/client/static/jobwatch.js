@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 
-export const FINAL = new Set(["completed", "failed", "canceled"]);
+export const FINAL = new Set(["completed", "failed", "canceled", "expired"]);
 const POLL_MS = 2000;
 
 // Calls onUpdate(job) with each new state, onError(message) on a lost service; returns stop().

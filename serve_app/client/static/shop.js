@@ -10,7 +10,7 @@ const IMAGE_TYPES = new Set(["image/jpeg", "image/png", "image/webp"]);
 const RANDOM_PROFILES = new Set(["tiny-random", "full-random"]);
 const STATUS_WORDS = {
   pending: "Waiting for a free tailor…", processing: "Rendering…", completed: "Ready",
-  failed: "Could not be rendered", canceled: "Canceled",
+  failed: "Could not be rendered", canceled: "Canceled", expired: "Past its deadline",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -254,6 +254,7 @@ function showJob(job) {
   let summary = `${STATUS_WORDS[job.status] || job.status} — ${done} of ${job.cuts.length} cut${job.cuts.length === 1 ? "" : "s"} done.`;
   if (job.status === "failed") summary = failureSentence(job.error_message);
   if (job.status === "canceled") summary = "The job was canceled.";
+  if (job.status === "expired") summary = `The job passed its deadline — ${done} of ${job.cuts.length} cut${job.cuts.length === 1 ? "" : "s"} done.`;
   $("job-status").textContent = summary;
   $("job-status").dataset.status = job.status;
   if (FINAL.has(job.status)) setGenerating(false);

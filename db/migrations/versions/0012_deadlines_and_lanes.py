@@ -1,0 +1,35 @@
+"""Deadlines and priority lanes.
+
+- `generation_jobs.deadline_at`: a job not finished by then ends `expired` (POST /generate's
+  `deadline_seconds` or `Cancel-After`); None: no deadline.
+- `generation_jobs.lane`: `interactive` (a shopper's job) or `batch` (prewarm, admin batches). Runners
+  claim interactive jobs first and hold only a few batch jobs at once.
+- `expired` is a final state: the ageing index counts it among the finished jobs.
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0012_deadlines_and_lanes"
+down_revision = "0011_swatch_digest"
+
+
+def _finished_index(final: str) -> None:
+    op.drop_index("ix_generation_jobs_finished", "generation_jobs")
+    op.create_index("ix_generation_jobs_finished", "generation_jobs", ["completed_at"],
+                    postgresql_where=sa.text(f"status IN ({final}) AND NOT kept"))
+
+
+def upgrade() -> None:
+    op.add_column("generation_jobs", sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("generation_jobs", sa.Column("lane", sa.String(), nullable=False, server_default="interactive"))
+    op.create_index("ix_generation_jobs_deadlines", "generation_jobs", ["deadline_at"],
+                    postgresql_where=sa.text("status = 'pending' AND deadline_at IS NOT NULL"))
+    _finished_index("'completed', 'failed', 'canceled', 'expired'")
+
+
+def downgrade() -> None:
+    _finished_index("'completed', 'failed', 'canceled'")
+    op.drop_index("ix_generation_jobs_deadlines", "generation_jobs")
+    op.drop_column("generation_jobs", "lane")
+    op.drop_column("generation_jobs", "deadline_at")
