@@ -9,6 +9,10 @@ within one claim round instead of after A's backlog.
 Client C (127.0.0.23) then queues two jobs; an admin keeps one. Once they are older than their
 lifetime the unkept one and its image are gone, and the kept one and its image are still served.
 
+Deadlines, on the same stalled runner: client D's job that waits for a slot expires unrendered, and its
+2-cut job that was running when its deadline passed ends `expired` at its next cut boundary, the cut
+that finished still served.
+
 Ingress: the default, HAProxy, which passes the caller on (serve_app/edge/haproxy_forwarding.py).
 """
 
@@ -31,7 +35,7 @@ from tests.services import Services
 
 pytestmark = pytest.mark.integration
 
-A, B, C = "127.0.0.21", "127.0.0.22", "127.0.0.23"
+A, B, C, D = "127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"
 LIFETIME_SECONDS = 20  # long enough that the fair-share test's jobs are still there when it counts them
 CAP = 150
 CONCURRENCY = 2
@@ -133,3 +137,49 @@ def test_a_finished_job_and_its_image_age_out_and_a_kept_one_stays(shop):
         time.sleep(max(0.0, (finished - datetime.now(timezone.utc)).total_seconds() + LIFETIME_SECONDS + 3))
         assert client.get(f"/jobs/{proof}").json()["status"] == "completed"  # kept: past its lifetime, still there
         assert client.get(images[proof]).status_code == 200
+
+
+def _wait_for(client: httpx.Client, job_id: str, done, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while not done(job := client.get(f"/jobs/{job_id}").json()):
+        assert time.monotonic() < deadline, f"timed out; the job is {job}"
+        time.sleep(0.2)
+    return job
+
+
+def test_deadlines_expire_a_waiting_job_unrendered_and_stop_a_running_one_at_its_next_cut(shop):
+    base_url, database_url, stall = shop
+    engine = make_engine(database_url)
+    try:  # what the earlier tests queued has drained: the runner's CONCURRENCY slots are free
+        deadline = time.monotonic() + 120
+        while engine.connect().execute(text("SELECT count(*) FROM generation_jobs WHERE status IN "
+                                            "('pending', 'processing')")).scalar():
+            assert time.monotonic() < deadline, "the earlier tests' jobs never drained"
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    stall.touch()
+    try:
+        with caller(base_url, D) as client:
+            two_cuts = client.post("/generate", json={**ONE_CUT, "cuts": ["recto", "cruzado"]},
+                                   headers={"Cancel-After": "3s"}).json()["job_id"]
+            filler = client.post("/generate", json=ONE_CUT).json()["job_id"]  # the runner's other slot
+            for job_id in (two_cuts, filler):
+                _wait_for(client, job_id, lambda job: job["status"] == "processing")
+            waiting = client.post("/generate", json={**ONE_CUT, "deadline_seconds": 1}).json()["job_id"]
+            expired = _wait_for(client, waiting, lambda job: job["status"] != "pending", timeout=15)
+            assert expired["status"] == "expired" and expired["started_at"] is None and expired["attempts"] == 0
+            assert expired["error_message"].startswith("deadline_passed:")
+            assert [cut["status"] for cut in expired["progress"]] == ["pending"]  # never rendered
+
+            running = client.get(f"/jobs/{two_cuts}").json()
+            past = datetime.fromisoformat(running["deadline_at"]) - datetime.now(timezone.utc)
+            time.sleep(max(0.0, past.total_seconds()) + 0.5)
+            stall.unlink()  # the cuts in the generator finish; the first one written meets the deadline
+            stopped = _wait_for(client, two_cuts, lambda job: job["status"] not in ("pending", "processing"))
+            assert stopped["status"] == "expired" and stopped["error_message"].startswith("deadline_passed:")
+            done = [cut for cut in stopped["progress"] if cut["status"] == "completed"]
+            assert done and all(client.get(cut["url"]).status_code == 200 for cut in done)  # kept and served
+            assert _wait_for(client, filler, lambda job: job["status"] != "processing")["status"] == "completed"
+    finally:
+        stall.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, text
 
+from db import jobs
 from db.models import GenerationJob, RenderCacheEntry
 from deployments.generation import CutGenerator
 from deployments.storage import LocalStorage
@@ -224,6 +225,8 @@ def test_the_catalog_prewarm_queues_exactly_the_missing_views_and_makes_them_ins
     queued = {(job["color_id"], job["cut"]) for job in body["enqueued"]}
     assert queued == everything - {(NAVY["color_id"], "recto")}
     assert (body["seed"], body["combinations"], body["cached"], body["in_flight"]) == (seed, 6, 1, 0)
+    with shop.sessions() as s:  # catalog work: the batch lane, behind shoppers' jobs
+        assert {job.lane for job in jobs.get_jobs(s, [job["job_id"] for job in body["enqueued"]])} == {"batch"}
     repeated = call(shop.services, "POST", "/admin/renders/prewarm", headers=shop.admin).json()
     assert repeated["enqueued"] == [] and repeated["in_flight"] == 5  # still queued: not again
 
