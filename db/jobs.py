@@ -36,7 +36,7 @@ from sqlalchemy.sql import bindparam, cast
 
 from db.fabrics import color_swatch_key_sql
 from db.job_failures import DEADLINE_PASSED, INTERRUPTED, RETRYING, FailureReason
-from db.models import Color, FabricFamily, GenerationJob
+from db.models import Color, FabricFamily, GenerationJob, QueuePosition
 
 # A job still pending or processing: what counts against its client's cap. Written out, not bound: a
 # generic plan only uses a partial index whose predicate it can see.
@@ -143,7 +143,11 @@ JOB_VIEW_COLUMNS = (GenerationJob.job_id, GenerationJob.status, GenerationJob.fa
                     GenerationJob.created_at, GenerationJob.updated_at, GenerationJob.started_at,
                     GenerationJob.completed_at, GenerationJob.result_token, GenerationJob.swatch_digest,
                     GenerationJob.deadline_at)
-_READ_JOB = select(*JOB_VIEW_COLUMNS).where(GenerationJob.job_id == bindparam("job_id"))
+# With the job's place in the queue as the last runner tick ranked it (db/queue_positions.py): one
+# primary-key join, no ranking on the poll.
+_READ_JOB = (select(*JOB_VIEW_COLUMNS, QueuePosition.ahead, QueuePosition.estimated_start_at)
+             .outerjoin(QueuePosition, QueuePosition.job_id == GenerationJob.job_id)
+             .where(GenerationJob.job_id == bindparam("job_id")))
 
 
 def create_job(

@@ -123,6 +123,17 @@ class GenerationJob(Base):
     lane: Mapped[str] = mapped_column(String, nullable=False, default="interactive", server_default="interactive")
 
 
+class QueuePosition(Base):
+    """Where a pending job stands in the claim order, as the last runner tick worked it out (db/queue_positions.py):
+    read by GET /jobs/{id} with the job, so a poll never ranks the queue itself."""
+
+    __tablename__ = "queue_positions"
+
+    job_id: Mapped[str] = mapped_column(String, primary_key=True)
+    ahead: Mapped[int] = mapped_column(Integer, nullable=False)  # jobs the runners will claim before it
+    estimated_start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None: no recent pace
+
+
 class AdminUser(Base):
     __tablename__ = "admin_users"
 

@@ -35,9 +35,10 @@ from sqlalchemy import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import Receive, Scope, Send
 
-from db import jobs
+from db import jobs, queue_positions
 from db.engine import make_engine, make_sessionmaker, sqlalchemy_url
 from db.models import GenerationJob
+from db.queue_positions import QueuePlace
 from deployments.storage import Storage
 from serve_app.deps import Services
 from serve_app.generation.service import job_out
@@ -75,8 +76,8 @@ def version_of(job: GenerationJob) -> int:
     return (job.updated_at - EPOCH) // timedelta(microseconds=1)
 
 
-def snapshot(job: GenerationJob, storage: Storage) -> Snapshot:
-    body = job_out(job, storage).model_dump(mode="json")
+def snapshot(job: GenerationJob, storage: Storage, place: QueuePlace | None = None) -> Snapshot:
+    body = job_out(job, storage, place).model_dump(mode="json")
     # Serialized as JSONResponse does, so a stream's data equals GET /jobs/{id}'s body.
     return Snapshot(version_of(job), job.status,
                     json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")))
@@ -210,7 +211,8 @@ class JobEvents:
     def _read(self, job_ids: list[str]) -> dict[str, Snapshot]:
         with self._sessions() as session:
             found = jobs.get_jobs(session, job_ids)
-        return {job.job_id: snapshot(job, self.storage) for job in found}
+            waiting = queue_positions.places(session, [job.job_id for job in found if job.status == "pending"])
+        return {job.job_id: snapshot(job, self.storage, waiting.get(job.job_id)) for job in found}
 
     # -- the listener --------------------------------------------------------------------------------
     async def _listen_loop(self) -> None:
@@ -300,13 +302,14 @@ async def job_stream(watch: Watch, first: Snapshot, seen: int | None, keepalive_
     `stream_seconds` (the client resumes from its Last-Event-ID)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + stream_seconds
-    sent = -1 if seen is None else seen
+    sent, sent_data = -1 if seen is None else seen, None
     current = first
     yield f"retry: {CLIENT_RETRY_MS}\n\n"
     while True:
-        if current.version > sent:
+        # A newer state; or, while pending, the same state further up the queue (its place is not versioned).
+        if current.version > sent or (current.version == sent and sent_data is not None and current.data != sent_data):
             yield current.event()
-            sent = current.version
+            sent, sent_data = current.version, current.data
         if current.final:
             return
         item = None

@@ -53,7 +53,9 @@ async def get_job(job_id: str, request: Request) -> Response:
 @router.get("/jobs/{job_id}/events", response_class=EventStreamResponse, status_code=200,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`event: job`, `id: <version>`, `data: <the body of GET /jobs/{job_id}>` "
-                                            "at once and on every change; `: keep-alive` comments while idle; "
+                                            "at once and on every change (while pending, also when its "
+                                            "`queue_position` changes: the same id, a new place); `: keep-alive` "
+                                            "comments while idle; "
                                             "closed after a final (completed, failed, canceled or expired) state"},
                        204: {"description": "`Last-Event-ID` is already the job's final state: nothing more to send"},
                        **error_responses(404, 503)})

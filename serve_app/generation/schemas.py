@@ -70,3 +70,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     deadline_at: datetime | None = Field(default=None, description="when the job expires if not finished")
+    queue_position: int | None = Field(default=None, description="while pending: the jobs the runners will "
+                                       "start before this one (0: next), as ranked a second or two ago; null "
+                                       "when not pending or more than 1000 jobs back")
+    estimated_start_at: datetime | None = Field(default=None, description="while pending: when it should start, "
+                                                "from the queue's pace over the last minutes; null without one")

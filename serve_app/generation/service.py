@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from db import jobs
 from db.fabrics import active_collection
+from db.queue_positions import QueuePlace
 from db.models import GenerationJob
 from deployments import metrics
 from deployments.storage import ObjectMissing, Storage, StorageError
@@ -155,8 +156,10 @@ def _resolve_and_own(services: Services, swatch_url: str, collection: str | None
         raise HTTPException(503, "storage unavailable, retry shortly", headers={"Retry-After": "5"}) from None
 
 
-def job_out(job: GenerationJob | Row, storage: Storage) -> JobOut:
-    """The API view of a row (an ORM object or a plain row with the same names). URLs are made from the stored keys at read time, so presigned URLs are fresh."""
+def job_out(job: GenerationJob | Row, storage: Storage, place: QueuePlace | None = None) -> JobOut:
+    """The API view of a row (an ORM object or a plain row with the same names), with its `place` in the
+    queue while it is pending. URLs are made from the stored keys at read time, so presigned URLs are fresh."""
+    waiting = place if job.status == "pending" else None
     plans = plan_cuts(job)
     seeds = [plan.seed for plan in plans if plan.seed is not None]
     progress = []
@@ -176,7 +179,8 @@ def job_out(job: GenerationJob | Row, storage: Storage) -> JobOut:
         seed=job.seed, seeds=seeds, swatch_url=job.swatch_url, result_urls=result_urls, progress=progress,
         error_message=job.error_message, attempts=job.attempts, created_at=job.created_at,
         updated_at=job.updated_at, started_at=job.started_at, completed_at=job.completed_at,
-        deadline_at=job.deadline_at,
+        deadline_at=job.deadline_at, queue_position=waiting.ahead if waiting else None,
+        estimated_start_at=waiting.estimated_start_at if waiting else None,
     )
 
 
@@ -186,7 +190,8 @@ async def read_job(services: Services, job_id: str) -> Response:
         job = await jobs.read_job(conn, job_id)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
-    return _json(job_out(job, services.storage))
+    place = QueuePlace(job.ahead, job.estimated_start_at) if job.ahead is not None else None
+    return _json(job_out(job, services.storage, place))
 
 
 def find_job(services: Services, job_id: str) -> GenerationJob:

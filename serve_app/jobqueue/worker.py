@@ -39,7 +39,7 @@ from cachetools import LRUCache
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.data import CatalogData
-from db import jobs, cached_renders
+from db import jobs, cached_renders, queue_positions
 from db.fabrics import find_families_and_colors
 from db.job_failures import INTERNAL, NOT_IN_CATALOG, RENDER_FAILED, FailureReason
 from db.models import Color, FabricFamily, GenerationJob
@@ -290,8 +290,8 @@ class JobWorker:
         return planned
 
     def _housekeeping(self) -> None:
-        """Every tick: re-queue jobs whose runner or attempt died, end pending jobs past their deadline.
-        Every few minutes: expire old uploads."""
+        """Every tick: re-queue jobs whose runner or attempt died, end pending jobs past their deadline,
+        rank the queue for the positions polls show. Every few minutes: expire old uploads."""
         with self.sessions.begin() as session:
             # Attempts running here are renewed by our heartbeat: a late renewal must not make us rescue
             # ourselves. A job of ours whose attempt died (say in a database outage) is rescued like any.
@@ -300,6 +300,8 @@ class JobWorker:
                 logger.warning("job %s lost its runner's lease; now %s", job_id, status)
             expired = jobs.expire_overdue(session)
             backlog = jobs.backlog(session)
+        with self.sessions.begin() as session:  # its own transaction: the ranking's lock is held briefly
+            queue_positions.refresh(session)
         for _ in range(sum(status == "failed" for _, status in rescued)):  # out of attempts: a final write
             metrics.job_finished("failed")
         for job_id in expired:

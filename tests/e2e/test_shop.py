@@ -8,6 +8,7 @@ import time
 import pytest
 from PIL import Image, ImageDraw
 
+from db import jobs
 from tests.e2e.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -114,6 +115,24 @@ def test_previews_appear_within_a_second_of_asking(visit, service):
     assert any("/preview" in s["src"] for s in shown) or _job(service, page)["status"] == "completed", shown
     _wait_for_renders(page)
     visit.shot("renders")
+
+
+def test_a_waiting_job_shows_its_place_in_the_queue_and_when_it_should_start(visit, service, service_sessions):
+    """Other shops' jobs queued first (one each, so fair turns put them all ahead): the page says how many
+    renders are ahead, from GET /jobs' `queue_position`, and the job still completes."""
+    page = visit.page
+    _choose(page, OLIVE, ["recto"])
+    with service_sessions.begin() as session:  # 120 one-cut jobs from 120 other shops, distinct seeds
+        for n in range(120):
+            jobs.create_job(session, family_id="lana-fria", color_id="lana-fria-azul-marino", cuts=["cruzado"],
+                            seed=700_000 + n, client=f"10.0.{n // 250}.{n % 250 + 1}")
+    page.get_by_role("button", name="Render my suit").click()
+    status = page.locator("#job-status")
+    status.filter(has_text="ahead of yours").wait_for(timeout=10_000)
+    visit.shot("queued-behind-others")
+    words = status.inner_text()
+    assert words.startswith("Waiting for a free tailor… ") and " render" in words, words
+    page.locator('#job-status[data-status="completed"]').wait_for(timeout=RENDER_TIMEOUT_MS)
 
 
 def _plaid_png() -> bytes:

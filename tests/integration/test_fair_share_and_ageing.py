@@ -86,6 +86,14 @@ def test_a_busy_client_hits_its_cap_and_another_clients_job_starts_within_one_cl
             accepted = client.post("/generate", json=ONE_CUT)
             assert accepted.status_code == 202, accepted.text  # B has its own cap: A's does not refuse B
             b_job = accepted.json()["job_id"]
+            # Its place, ranked by the runner's next tick: first in line, though A queued 150 before it.
+            b_place = _wait_for(client, b_job, lambda job: job["queue_position"] is not None, timeout=10)
+            with engine.connect() as conn:
+                a_newest = conn.scalar(text("SELECT job_id FROM generation_jobs WHERE client = :a "
+                                            "ORDER BY created_at DESC, id DESC LIMIT 1"), {"a": A})
+            # Behind B's and A's 147 other waiting jobs (A's other CONCURRENCY are in the stalled generator).
+            assert b_place["queue_position"] == 0
+            assert client.get(f"/jobs/{a_newest}").json()["queue_position"] == CAP - CONCURRENCY
             stall.unlink()
             deadline = time.monotonic() + 120
             while client.get(f"/jobs/{b_job}").json()["status"] == "pending":
@@ -152,10 +160,11 @@ def test_deadlines_expire_a_waiting_job_unrendered_and_stop_a_running_one_at_its
     engine = make_engine(database_url)
     try:  # what the earlier tests queued has drained: the runner's CONCURRENCY slots are free
         deadline = time.monotonic() + 120
-        while engine.connect().execute(text("SELECT count(*) FROM generation_jobs WHERE status IN "
-                                            "('pending', 'processing')")).scalar():
-            assert time.monotonic() < deadline, "the earlier tests' jobs never drained"
-            time.sleep(0.5)
+        with engine.connect() as conn:
+            while conn.execute(text("SELECT count(*) FROM generation_jobs WHERE status IN "
+                                    "('pending', 'processing')")).scalar():
+                assert time.monotonic() < deadline, "the earlier tests' jobs never drained"
+                time.sleep(0.5)
     finally:
         engine.dispose()
     stall.touch()

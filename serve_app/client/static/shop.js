@@ -252,12 +252,23 @@ function showJob(job) {
   });
   const done = (job.progress || []).filter((p) => p.status === "completed").length;
   let summary = `${STATUS_WORDS[job.status] || job.status} — ${done} of ${job.cuts.length} cut${job.cuts.length === 1 ? "" : "s"} done.`;
+  if (job.status === "pending" && job.queue_position != null) summary = `${STATUS_WORDS.pending} ${queueWords(job)}`;
   if (job.status === "failed") summary = failureSentence(job.error_message);
   if (job.status === "canceled") summary = "The job was canceled.";
   if (job.status === "expired") summary = `The job passed its deadline — ${done} of ${job.cuts.length} cut${job.cuts.length === 1 ? "" : "s"} done.`;
   $("job-status").textContent = summary;
   $("job-status").dataset.status = job.status;
   if (FINAL.has(job.status)) setGenerating(false);
+}
+
+// "3 renders ahead of yours, starting in about 20 s": so a long wait never looks like a hang.
+function queueWords(job) {
+  const ahead = job.queue_position === 0 ? "Yours is next"
+    : `${job.queue_position} render${job.queue_position === 1 ? "" : "s"} ahead of yours`;
+  if (!job.estimated_start_at) return `${ahead}.`;
+  const seconds = Math.max(0, Math.round((Date.parse(job.estimated_start_at) - Date.now()) / 1000));
+  const when = seconds < 60 ? `${Math.max(seconds, 1)} s` : `${Math.round(seconds / 60)} min`;
+  return `${ahead}, starting in about ${when}.`;
 }
 
 function setGenerating(on) {
