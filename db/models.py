@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, func, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, func, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -190,3 +190,64 @@ class RenderCacheEntry(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     # Its last hit (or creation): an entry ages from here, so what is still asked for stays.
     used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class WebhookEndpoint(Base):
+    """A shop server an admin registered: the job events it subscribes to are signed with its secret and
+    sent there (db/migrations/versions/0013_webhooks.py writes them)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String, nullable=False)
+    events: Mapped[list[str]] = mapped_column(ARRAY(String), nullable=False)
+    description: Mapped[str] = mapped_column(String, nullable=False, default="", server_default="")
+    # Signing keys are needed in the clear to sign; shown to the admin once, when made.
+    secret: Mapped[str] = mapped_column(String, nullable=False)
+    # After a rotation the replaced secret signs too (a second signature) until then, so receivers can switch.
+    previous_secret: Mapped[str | None] = mapped_column(String)
+    previous_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enabled: Mapped[bool] = mapped_column(nullable=False, default=True, server_default="true")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the outbox row a trigger writes with the job's final state, claimed by
+    a deliverer under a lease (`due_at` is the lease's end while `sending`), retried until delivered or
+    its schedule is spent. Ages out with its job."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "due_at", postgresql_where=text("status IN ('pending', 'sending')")),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+        Index("ix_webhook_deliveries_job", "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False)
+    message_id: Mapped[str] = mapped_column(String, nullable=False)  # `webhook-id`: the same on every attempt
+    event_type: Mapped[str] = mapped_column(String, nullable=False)
+    job_id: Mapped[str] = mapped_column(ForeignKey("generation_jobs.job_id", ondelete="CASCADE"), nullable=False)
+    cut: Mapped[str | None] = mapped_column(String)  # cut.completed: which cut
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    status: Mapped[str] = mapped_column(String, nullable=False, default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")  # this schedule's
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    lease_owner: Mapped[str | None] = mapped_column(String)
+    lease_token: Mapped[str | None] = mapped_column(String)  # new on every claim: fences that attempt's outcome
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttempt(Base):
+    """One try at a delivery. Written when claimed, so an attempt whose deliverer died shows too."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -11,6 +11,7 @@ from ray.serve import Application
 
 from deployments.serving import ControlNetPreprocessor, Finisher, SdxlTurboGenerator
 from serve_app.bootstrap import prepare, resolve_jwt_secret
+from serve_app.generation.service import job_out
 from serve_app.ingress import Ingress
 from serve_app.jobqueue.job_runner import JobRunner
 from serve_app.settings import Settings
@@ -34,5 +35,5 @@ def build_app(args: dict | None = None) -> Application:
     )
     finisher = Finisher.bind(storage, settings.watermark_text, stage_timeout_s=timeout,
                              unhealthy_after_s=settings.unhealthy_after_seconds)
-    runner = JobRunner.bind(resolved, database_url, storage, preprocessor, generator, finisher)
+    runner = JobRunner.bind(resolved, database_url, storage, preprocessor, generator, finisher, job_out)
     return Ingress.bind(resolved, database_url, storage, jwt_secret, runner, preprocessor, generator, finisher)

@@ -25,7 +25,8 @@ import yaml
 
 from serve_app.bootstrap import prepare
 from serve_app.edge.haproxy_forwarding import SETTINGS_VARIABLE, launcher_script
-from serve_app.isolation import can_isolate, in_loopback_namespace, only_loopback, start_unix_to_tcp, tcp_to_unix
+from serve_app.isolation import (EGRESS_SOCKET, can_isolate, egress_to_loopback, in_loopback_namespace, only_loopback,
+                                 start_unix_to_tcp, tcp_to_unix)
 from serve_app.launcher import LOCAL_CONFIG
 from serve_app.settings import Settings
 
@@ -92,10 +93,12 @@ def run_isolated(config: Path, dashboard: bool, dashboard_port: int, ports: list
     bridges = Path(tempfile.mkdtemp(prefix="sastre-netns-"))
     argv = [sys.executable, "-m", "serve_app.cli", "run", "--config", str(config), "--inside-namespace", str(bridges),
             "--dashboard-port", str(dashboard_port)]
-    child = subprocess.Popen(in_loopback_namespace(argv + ([] if dashboard else ["--no-dashboard"])))
+    # Webhooks to the host's loopback leave through the egress socket (the deliverer learns it from the setting).
+    child = subprocess.Popen(in_loopback_namespace(argv + ([] if dashboard else ["--no-dashboard"])),
+                             env={**os.environ, "SASTRE_WEBHOOK_EGRESS_SOCKET": str(bridges / EGRESS_SOCKET)})
 
     async def bridge() -> None:
-        servers = await tcp_to_unix(bridges, ports)
+        servers = [*await tcp_to_unix(bridges, ports), await egress_to_loopback(bridges)]
         try:
             while child.poll() is None:
                 await asyncio.sleep(0.5)

@@ -10,6 +10,10 @@ opens each connection with a PROXY protocol v1 line naming the TCP caller, and t
 connects onward from that same address (every caller of a bridge on 127.0.0.1 is on 127.0.0.0/8,
 which the namespace's loopback also holds), so what listens inside sees the caller as its peer and
 needs no header to trust.
+
+One bridge runs the other way: webhooks (serve_app/jobqueue/outbound.py) sent from inside to a receiver
+on the host's loopback, where a shop developer tries them, go through `egress.sock`, whose host side
+connects only to the loopback address and port each connection names.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Opener = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Streams | None]]
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")  # the addresses a caller of the host side can have
 CALLER_LINE_SECONDS = 5.0  # the host side writes it at once; a connection without one is dropped
+EGRESS_SOCKET = "egress.sock"  # in the bridges' folder: webhooks out of the namespace to the host's loopback
 
 
 def only_loopback() -> bool:
@@ -144,3 +149,32 @@ def start_unix_to_tcp(directory: Path, ports: list[int]) -> None:
         await asyncio.Event().wait()
 
     threading.Thread(target=asyncio.run, args=(serve(),), daemon=True, name="netns-bridge").start()
+
+
+def egress_line(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bytes:
+    """The first line on the egress socket: where its host side is to connect."""
+    return f"EGRESS {address} {port}\r\n".encode("ascii")
+
+
+def egress_target(line: bytes) -> tuple[str, int] | None:
+    """The loopback address and port an egress line names, or None: not such a line, or not loopback."""
+    fields = line.decode("ascii", "replace").split()
+    if len(fields) != 3 or fields[0] != "EGRESS" or not fields[2].isdigit():
+        return None
+    try:
+        address = ipaddress.ip_address(fields[1])
+    except ValueError:
+        return None
+    port = int(fields[2])
+    return (str(address), port) if address.is_loopback and 0 < port < 65536 else None
+
+
+async def egress_to_loopback(directory: Path) -> asyncio.Server:
+    """Host side of the webhooks' egress: <directory>/egress.sock → the host's loopback address and port
+    named by each connection's first line. Loopback only: the namespace reaches nothing else through it,
+    and the deliverer has already checked the destination as it checks every other."""
+    async def open_target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Streams | None:
+        target = egress_target(await asyncio.wait_for(reader.readline(), CALLER_LINE_SECONDS))
+        return None if target is None else await asyncio.open_connection(*target)
+
+    return await asyncio.start_unix_server(_forward(open_target), sock=_listening_unix_socket(directory / EGRESS_SOCKET))

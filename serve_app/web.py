@@ -18,6 +18,7 @@ from serve_app.admin.auth import routes as admin_auth
 from serve_app.admin.fabrics import routes as admin_fabrics
 from serve_app.admin.generations import routes as admin_generations
 from serve_app.admin.renders import routes as admin_renders
+from serve_app.admin.webhooks import routes as admin_webhooks
 from serve_app.edge.body_limit import BodyLimit, upload_routes
 from serve_app.catalog import routes as catalog
 from serve_app.client import mount_client
@@ -30,7 +31,7 @@ from serve_app.edge.security_headers import SecurityHeaders, origin_of
 from serve_app.uploads import routes as uploads
 
 FEATURES = (catalog, preview, generation, uploads, health, admin_auth, admin_fabrics, admin_generations,
-            admin_renders)
+            admin_renders, admin_webhooks)
 
 
 def create_app(services: Services) -> FastAPI:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
 
+from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from catalog.data import load_catalog
 from db.engine import make_engine, make_sessionmaker, ping_pool
+from db.models import GenerationJob
 from deployments.rendering import RenderChain
 from deployments.replica_health import HEALTH_CHECK, PROBE_CONNECTIONS, DependencyProbe
-from deployments.storage import open_storage
+from deployments.storage import Storage, open_storage
 from serve_app.jobqueue.autoscaling import IDLE, RUNNER_AUTOSCALING, backlog_stats
 from serve_app.jobqueue.render_cache import RenderSettings
 from serve_app.jobqueue.retention import Lifetimes
+from serve_app.jobqueue.webhooks import DeliveryPolicy, WebhookDeliverer
 from serve_app.jobqueue.worker import JobWorker, database_connections
 from serve_app.settings import Settings
 
@@ -39,7 +43,9 @@ class JobRunner:
     """
 
     def __init__(self, settings: dict, database_url: str, storage: dict, preprocessor: DeploymentHandle,
-                 generator: DeploymentHandle, finisher: DeploymentHandle) -> None:
+                 generator: DeploymentHandle, finisher: DeploymentHandle,
+                 present_job: Callable[[GenerationJob, Storage], BaseModel]) -> None:
+        """`present_job` is the job routes' presenter (GET /jobs/{job_id}'s body), which webhooks carry."""
         config = Settings(**settings)
         renderer = RenderChain.on_serve(preprocessor, generator, finisher, config.control_detector, config.image_size,
                                         stage_timeout_s=config.stage_timeout_seconds)
@@ -64,6 +70,14 @@ class JobRunner:
         # The loop goes round every poll_seconds when idle; a round that fails (the database away) is quick.
         self.loop_stale_after_s = config.unhealthy_after_seconds + config.poll_seconds
         self.task = asyncio.get_running_loop().create_task(self.runner.run_forever())
+        # Webhooks on a pool of their own, so a slow receiver never holds a connection the jobs' leases need.
+        webhook_sessions = make_sessionmaker(make_engine(
+            database_url, pool_size=2, max_overflow=0, pool_timeout=config.db_pool_timeout_seconds,
+            statement_timeout=config.db_statement_timeout_seconds))
+        self.webhooks = WebhookDeliverer(
+            webhook_sessions, lambda job: present_job(job, self.runner.storage).model_dump(mode="json"),
+            DeliveryPolicy.of(config))
+        self.webhooks_task = asyncio.get_running_loop().create_task(self.webhooks.run_forever())
 
     def status(self) -> dict:
         return {"owner": self.runner.owner, "active_jobs": sorted(self.runner.active), "paused": self.runner.paused}
@@ -79,9 +93,12 @@ class JobRunner:
         database (or has failed to for less than `unhealthy_after_seconds`): this replica can still claim."""
         if self.task.done():
             raise RuntimeError(f"runner loop stopped: {self.task.exception()!r}")
+        if self.webhooks_task.done():
+            raise RuntimeError(f"webhook loop stopped: {self.webhooks_task.exception()!r}")
         self.runner.loop_heartbeat.check(self.loop_stale_after_s)
         await self.database_probe.check()
 
     async def __del__(self) -> None:
         """Serve calls this on scale-down or redeploy (SIGTERM): finish or release the jobs in hand."""
-        await self.runner.shutdown(self.task, self.grace_seconds)
+        await asyncio.gather(self.runner.shutdown(self.task, self.grace_seconds),
+                             self.webhooks.shutdown(self.webhooks_task, self.grace_seconds))

@@ -122,3 +122,60 @@ def test_a_local_run_puts_haproxy_in_front_only_where_its_ports_stay_on_loopback
         inside = subprocess.run(in_loopback_namespace([sys.executable, "-c", probe]), capture_output=True, text=True,
                                 timeout=60)
         assert inside.stdout.strip() == "True", inside.stderr
+
+
+def test_a_webhook_from_inside_the_namespace_reaches_a_receiver_on_the_hosts_loopback(tmp_path):
+    """`make run`'s Ray has its own loopback: a deliverer in there reaches the shop developer's receiver
+    on the host's 127.0.0.1 only through the egress socket, whose host side goes nowhere but loopback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    from serve_app.isolation import EGRESS_SOCKET, can_isolate, egress_target, egress_to_loopback, in_loopback_namespace
+
+    assert egress_target(b"EGRESS 127.0.0.5 8080\r\n") == ("127.0.0.5", 8080)
+    assert egress_target(b"EGRESS ::1 443\r\n") == ("::1", 443)
+    assert [egress_target(line) for line in (b"EGRESS 10.0.0.1 80\r\n", b"EGRESS 93.184.215.14 443\r\n",
+                                              b"EGRESS localhost 80\r\n", b"EGRESS 127.0.0.1 0\r\n",
+                                              b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\r\n")] == [None] * 5
+    if not can_isolate():
+        pytest.skip("no network namespaces here")
+    port = free_port()
+    sender = ("import asyncio, sys\n"
+              "from serve_app.jobqueue.outbound import post\n"
+              "url, socket = sys.argv[1:]\n"
+              "async def both():\n"
+              "    try:\n"
+              "        await post(url, b'{}', {}, timeout=3, production=False)\n"
+              "        print('direct reached it')\n"
+              "    except OSError:\n"
+              "        print('direct refused')\n"
+              "    print(await post(url, b'{\"type\": \"job.completed\"}', {'webhook-id': 'msg_1'}, timeout=3,\n"
+              "                     production=False, egress_socket=socket))\n"
+              "asyncio.run(both())\n")
+    received = []
+
+    async def receive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> subprocess.CompletedProcess:
+        receiver = await asyncio.start_server(receive, "127.0.0.1", port)
+        egress = await egress_to_loopback(tmp_path)
+        try:
+            argv = in_loopback_namespace([sys.executable, "-c", sender, f"http://127.0.0.1:{port}/hook",
+                                          str(tmp_path / EGRESS_SOCKET)])
+            return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=30,
+                                           cwd=Path(__file__).resolve().parents[2])
+        finally:
+            egress.close()
+            receiver.close()
+
+    done = asyncio.run(scenario())
+    assert done.stdout.split() == ["direct", "refused", "204"], done.stderr
+    [request] = received
+    assert request.startswith(b"POST /hook HTTP/1.1\r\n") and b"webhook-id: msg_1\r\n" in request

@@ -48,7 +48,7 @@ def test_db_imports_nothing_of_the_application():
 
 
 FEATURES = ("catalog", "preview", "generation", "uploads", "health", "admin/auth", "admin/fabrics", "admin/generations",
-            "admin/renders")
+            "admin/renders", "admin/webhooks")
 
 
 def test_every_route_lives_in_a_feature_slice_with_its_schemas_and_service():
