@@ -36,7 +36,7 @@ from tests.services import Services
 pytestmark = pytest.mark.integration
 
 A, B, C, D = "127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"
-LIFETIME_SECONDS = 20  # long enough that the fair-share test's jobs are still there when it counts them
+LIFETIME_SECONDS = 10  # the fair-share counts read pending jobs and ones started seconds ago: none aged out
 CAP = 150
 CONCURRENCY = 2
 ONE_CUT = {"family_id": "lana-fria", "color_id": "lana-fria-azul-marino", "cuts": ["recto"]}
