@@ -16,6 +16,8 @@ in the table instead of being rendered on the cores the HTTP path is measured on
 server has no runner at all). On the 2-core dev VM, rendering those jobs with the tiny models took
 about a core during the POST run and cut POST through Ray from ~0.75x to ~0.5x of /livez; in
 production the renders run on GPU nodes. What a job costs the runner is `make bench-drain`'s figure.
+A paused runner ranks no queue either, so the benchmark ranks it once before the polls, as a runner's
+tick would: each polled job then reads its `queue_position` (a waiting job's poll during a backlog).
 
 Run: `make bench-api` (or `python bench/api_load.py --clients 30 --seconds 10`). Prints a table and
 one JSON line. The load generator shares the machine's cores with the server: on the 2-core dev VM
@@ -35,6 +37,8 @@ from contextlib import contextmanager
 import aiohttp
 import httpx
 
+from db import queue_positions
+from db.engine import make_engine, make_sessionmaker
 from figures import closed_loop, measured_on
 from harness import as_environment, options, run_directory, tiny_service
 from serve_app.launcher import ROOT, free_port, serve
@@ -56,9 +60,20 @@ async def drive(base_url: str, route: str, clients: int, seconds: float, job_ids
     return await closed_loop(base_url, clients, seconds, request)
 
 
-def measure(base_url: str, clients: int, seconds: float) -> dict:
+def rank_queue(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            queue_positions.refresh(session, horizon=10_000_000)  # earlier servers' POSTs are queued too
+    finally:
+        engine.dispose()
+
+
+def measure(base_url: str, clients: int, seconds: float, database_url: str) -> dict:
     with httpx.Client(base_url=base_url, timeout=30) as client:
         job_ids = [client.post("/generate", json=NAVY).json()["job_id"] for _ in range(20)]
+        rank_queue(database_url)
+        assert client.get(f"/jobs/{job_ids[-1]}").json()["queue_position"] is not None
     routes = {route: asyncio.run(drive(base_url, route, clients, seconds, job_ids)) for route in ("livez", "poll", "post")}
     print(json.dumps({"server": base_url, "results": routes}), flush=True)  # kept if a later server fails to start
     return routes
@@ -88,13 +103,13 @@ def main() -> None:
     results: dict[str, dict] = {}
     with serve(workdir, {**settings, "ingress_proxy": "serve"}) as launched:
         assert not launched.processes(HAPROXY), "the default-proxy run has an HAProxy"
-        results["ray"] = measure(launched.base_url, args.clients, args.seconds)
+        results["ray"] = measure(launched.base_url, args.clients, args.seconds, settings["database_url"])
     with plain_uvicorn(as_environment(settings)) as base_url:
-        results["uvicorn"] = measure(base_url, args.clients, args.seconds)
+        results["uvicorn"] = measure(base_url, args.clients, args.seconds, settings["database_url"])
     if args.haproxy:
         with serve(workdir, {**settings, "ingress_proxy": "haproxy"}) as launched:
             assert launched.processes(HAPROXY), "no HAProxy: is this run outside a loopback-only namespace?"
-            results["ray+haproxy"] = measure(launched.base_url, args.clients, args.seconds)
+            results["ray+haproxy"] = measure(launched.base_url, args.clients, args.seconds, settings["database_url"])
 
     floor = results["ray"]["livez"]["rps"]
     print(f"{args.clients} clients, {args.seconds:.0f} s per route")
